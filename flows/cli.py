@@ -1,0 +1,92 @@
+"""`undercurve` command line: run a flow, inspect the registry.
+
+    undercurve run [CONFIG] [--set scoring.mode=plain ...]   run the curate flow
+    undercurve runs                                          list runs
+    undercurve show RUN_ID                                   a run's artifacts and lineage
+    undercurve compare                                       selection sizes per strategy across runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import yaml
+
+
+def _parse_set(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects key=value, got {item!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def _registry(path: str | None, config: str | None):
+    from undercurve.config import load_settings
+    from undercurve.registry import Registry
+
+    return Registry(path or load_settings(config).registry_path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="undercurve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run", help="run the curate flow")
+    run.add_argument("config", nargs="?", default="configs/demo.yaml")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
+    for name in ("runs", "show", "compare"):
+        p = sub.add_parser(name)
+        p.add_argument("--registry", help="DuckDB file (default: from --config)")
+        p.add_argument("--config", default="configs/demo.yaml")
+        if name == "show":
+            p.add_argument("run_id")
+    args = ap.parse_args(argv)
+
+    if args.cmd == "run":
+        from flows.curate import curate
+
+        summary = curate(args.config, _parse_set(args.set) or None)
+        _print_summary(summary)
+        return 0
+
+    import polars as pl
+
+    pl.Config.set_tbl_rows(200)
+    pl.Config.set_fmt_str_lengths(80)
+    reg = _registry(args.registry, args.config)
+    if args.cmd == "runs":
+        print(reg.query("SELECT run_id, flow, run_name, status, started_at, finished_at, code_version "
+                        "FROM runs ORDER BY started_at DESC"))
+    elif args.cmd == "show":
+        print(reg.query("SELECT run_id, flow, status, summary_json FROM runs WHERE run_id = ?", [args.run_id]))
+        print(reg.query("SELECT artifact_id, stage, kind, rows, path FROM artifacts WHERE run_id = ? "
+                        "ORDER BY created_at", [args.run_id]))
+        print(reg.query("SELECT c.stage || ':' || c.kind AS child, p.stage || ':' || p.kind AS parent "
+                        "FROM lineage l JOIN artifacts c ON c.artifact_id = l.child_id "
+                        "JOIN artifacts p ON p.artifact_id = l.parent_id WHERE c.run_id = ?", [args.run_id]))
+        print(reg.query("SELECT stage, reason, n FROM set_aside WHERE run_id = ? ORDER BY stage", [args.run_id]))
+    elif args.cmd == "compare":
+        print(reg.query("SELECT r.run_name, s.run_id, s.strategy, count(*) AS n, avg(s.score) AS mean_score "
+                        "FROM selections s JOIN runs r USING (run_id) GROUP BY ALL ORDER BY r.run_name, s.strategy"))
+    return 0
+
+
+def _print_summary(summary: dict) -> None:
+    print("\nundercurve run", summary["run_id"], "finished")
+    print(f"{'stage':<22}{'in':>8}{'kept':>8}{'aside':>8}")
+    for row in summary["stages"]:
+        print(f"{row['stage']:<22}{row['rows_in']:>8}{row['kept']:>8}{row['set_aside']:>8}")
+    if "accounting" in summary:
+        print("accounting:", json.dumps(summary["accounting"]))
+    print("outputs: ", summary["run_dir"])
+    print("registry:", summary["registry"])
+    for strategy, path in summary["selections"].items():
+        print(f"  {strategy:<10} {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

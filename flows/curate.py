@@ -1,0 +1,44 @@
+"""The curation DAG: ingest -> decontaminate -> length cap -> {EAS score, pass rate} ->
+features -> one selection (and ms-swift export) per strategy."""
+
+from __future__ import annotations
+
+import tasks  # noqa: F401
+from prefect import flow
+
+from tasks import curate as t
+from undercurve.config import load_settings
+from undercurve.io import run_lock
+
+
+@flow(name="curate")
+def curate(config: str | None = "configs/demo.yaml", overrides: dict | None = None) -> dict:
+    settings = load_settings(config, overrides)
+    ctx = t.start_run(settings, "curate")
+    results = []
+    try:
+        with run_lock(settings.run_dir):
+            inputs = t.prepare_inputs(ctx)
+            ing = t.ingest(ctx, inputs["corpus"])
+            dec = t.decontaminate(ctx, ing, inputs["demo_benchmark"])
+            cap = t.length_cap(ctx, dec, inputs["model"])
+            results += [ing, dec, cap]
+            strategies = settings.selection.strategies
+            # One accelerator: the two model stages run one after the other.
+            scores = t.score(ctx, cap, inputs["model"]) if "eas" in strategies else None
+            rates = (t.pass_rate(ctx, cap, inputs["model"])
+                     if "pass_rate" in strategies and settings.pass_rate.enabled else None)
+            results += [r for r in (scores, rates) if r is not None]
+            feats = t.features(ctx, cap, scores, rates)
+            futures = [t.select.submit(ctx, feats, cap, s) for s in strategies]
+            results += [f.result() for f in futures]  # .result() raises if a selection failed
+    except BaseException:
+        t.finish_run(ctx, "FAILED", results)
+        raise
+    return t.finish_run(ctx, "COMPLETED", results)
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(curate(sys.argv[1] if len(sys.argv) > 1 else "configs/demo.yaml"))

@@ -1,0 +1,93 @@
+"""Curation tasks. Tasks return small results (paths, ids, counts), never data frames.
+
+Prefect's result cache is off (NO_CACHE): a cached task whose Parquet output was deleted
+would still "hit". Resumption is done by the stages themselves, shard by shard.
+"""
+
+from __future__ import annotations
+
+import tasks  # noqa: F401  (logging environment before Prefect loads)
+from prefect import get_run_logger, runtime, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from undercurve import stages
+from undercurve.config import Settings
+from undercurve.registry import Registry
+from undercurve.stages import RunContext, StageResult
+
+_opts = dict(cache_policy=NO_CACHE, persist_result=False)
+
+
+@task(name="start-run", **_opts)
+def start_run(settings: Settings, flow: str) -> RunContext:
+    reg = Registry(settings.registry_path)
+    run_id = reg.start_run(flow, settings.run_name, settings.model_dump(), settings.fingerprint(),
+                           str(runtime.flow_run.id) if runtime.flow_run.id else None)
+    get_run_logger().info("run %s (%s) -> %s, registry %s", run_id, settings.run_name, settings.run_dir,
+                          settings.registry_path)
+    return RunContext(settings, run_id, str(settings.registry_path))
+
+
+@task(name="prepare-inputs", **_opts)
+def prepare_inputs(ctx: RunContext) -> dict:
+    return stages.prepare_inputs(ctx)
+
+
+@task(name="ingest", **_opts)
+def ingest(ctx: RunContext, corpus: str) -> StageResult:
+    return stages.ingest_stage(ctx, corpus)
+
+
+@task(name="decontaminate", **_opts)
+def decontaminate(ctx: RunContext, prev: StageResult, demo_benchmark: str | None) -> StageResult:
+    res = stages.decontaminate_stage(ctx, prev, demo_benchmark)
+    report = res.extra.get("report")
+    if report:
+        create_markdown_artifact(key="decontamination-report", markdown=_report_markdown(report),
+                                 description="Samples removed as benchmark contamination")
+    return res
+
+
+@task(name="length-cap", **_opts)
+def length_cap(ctx: RunContext, prev: StageResult, model: str) -> StageResult:
+    return stages.length_cap_stage(ctx, prev, model)
+
+
+@task(name="score-eas", retries=1, **_opts)
+def score(ctx: RunContext, prev: StageResult, model: str) -> StageResult:
+    return stages.score_stage(ctx, prev, model)
+
+
+@task(name="pass-rate", retries=1, **_opts)
+def pass_rate(ctx: RunContext, prev: StageResult, model: str) -> StageResult:
+    return stages.pass_rate_stage(ctx, prev, model)
+
+
+@task(name="features", **_opts)
+def features(ctx: RunContext, samples: StageResult, scores: StageResult | None,
+             rates: StageResult | None) -> StageResult:
+    return stages.features_stage(ctx, samples, scores, rates)
+
+
+@task(name="select", task_run_name="select-{strategy}", **_opts)
+def select(ctx: RunContext, feats: StageResult, samples: StageResult, strategy: str) -> StageResult:
+    return stages.select_stage(ctx, feats, samples, strategy)
+
+
+@task(name="finish-run", **_opts)
+def finish_run(ctx: RunContext, status: str, results: list[StageResult]) -> dict:
+    summary = stages.run_summary(ctx, results)
+    ctx.registry.finish_run(ctx.run_id, status, summary)
+    create_table_artifact(key="curation-summary", table=summary["stages"],
+                          description=f"undercurve run {ctx.run_id}: rows per stage")
+    return summary
+
+
+def _report_markdown(report: dict) -> str:
+    lines = ["# Contamination report", "", "| benchmark | method | removed |", "|---|---|---|"]
+    for row in report.get("counts", []):
+        lines.append(f"| {row.get('benchmark')} | {row.get('method')} | {row.get('n')} |")
+    for ex in report.get("examples", [])[:5]:
+        lines.append(f"\n- `{ex.get('id')}` ~ {ex.get('benchmark')}/{ex.get('benchmark_item_id')}: {ex.get('evidence')}")
+    return "\n".join(lines)

@@ -1,0 +1,131 @@
+"""Typed settings, loaded from YAML (safe_load) and validated with pydantic.
+
+Unknown keys are errors: a typo in a nightly config must fail loudly, not be ignored.
+Relative paths are resolved against the current working directory at load time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from undercurve.io import fingerprint
+
+Strategy = Literal["random", "length", "pass_rate", "eas"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSettings(_Strict):
+    # "tiny" builds a random tiny Qwen2 offline; otherwise a local dir or a hub id.
+    path: str = "tiny"
+    trust_remote_code: bool = False
+    # For "tiny": where to build it (under the work dir by default).
+    tiny_dir: str | None = None
+
+
+class CorpusSettings(_Strict):
+    # "demo" generates GSM8K-style problems offline; else a hub id, a JSONL or Parquet path.
+    source: str = "demo"
+    split: str = "train"
+    demo_size: int = 48
+    limit: int | None = None  # read at most this many rows (smoke runs)
+    seed: int = 0
+
+
+class DecontamSettings(_Strict):
+    enabled: bool = True
+    suites: list[Any] = Field(default_factory=lambda: ["gsm8k"])
+    local_paths: dict[str, str] = Field(default_factory=dict)
+    ngram_n: int = 13
+    ngram_min_matches: int = 1
+    embedding: bool = False
+    embedding_model: str = "sentence-transformers/all-MiniLM-L6-v2"
+    cosine_threshold: float | None = None  # None: the library default
+    cache_dir: str | None = None
+
+
+class ScoringSettings(_Strict):
+    engine: Literal["torch", "vllm"] = "torch"
+    mode: Literal["probe", "plain"] = "probe"
+    answer_prefix_tokens: int = 0  # L-1 in the paper's notation
+    top_k: int = 20  # vLLM engine only
+    batch_tokens: int = 16384
+    device: str = "auto"
+    dtype: str = "auto"
+    shard_size: int = 64
+    edis_window: int = 8
+    edis_tau_burst: float = 1.36
+    edis_tau_rebound: float = 1.33
+
+
+class PassRateSettings(_Strict):
+    enabled: bool = True
+    rollouts: int = 4
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_tokens: int = 1024
+    shard_size: int = 256
+    seed: int = 0
+
+
+class SelectionSettings(_Strict):
+    budget: int = 5000
+    strategies: list[Strategy] = Field(default_factory=lambda: ["random", "length", "pass_rate", "eas"])
+    seed: int = 0
+
+
+class Settings(_Strict):
+    run_name: str = "demo"
+    workdir: str = "runs"
+    registry: str | None = None  # default: <workdir>/registry.duckdb
+    max_tokens: int = 20480  # length cap (prompt + response, chat template applied)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    corpus: CorpusSettings = Field(default_factory=CorpusSettings)
+    decontam: DecontamSettings = Field(default_factory=DecontamSettings)
+    scoring: ScoringSettings = Field(default_factory=ScoringSettings)
+    pass_rate: PassRateSettings = Field(default_factory=PassRateSettings)
+    selection: SelectionSettings = Field(default_factory=SelectionSettings)
+
+    @field_validator("run_name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not v or "/" in v or v.startswith("."):
+            raise ValueError("run_name must be a plain folder name")
+        return v
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.workdir) / self.run_name
+
+    @property
+    def registry_path(self) -> Path:
+        return Path(self.registry) if self.registry else Path(self.workdir) / "registry.duckdb"
+
+    def fingerprint(self) -> str:
+        return fingerprint(self.model_dump())
+
+
+def load_settings(path: str | Path | None = None, overrides: dict | None = None) -> Settings:
+    """YAML file (or the embedded defaults) + nested overrides -> validated Settings."""
+    data: dict = {}
+    if path is not None:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: top level must be a mapping")
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(data, dotted, value)
+    return Settings.model_validate(data)
+
+
+def _set_dotted(data: dict, dotted: str, value) -> None:
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        data = data.setdefault(k, {})
+    data[keys[-1]] = value

@@ -1,0 +1,148 @@
+"""The DuckDB registry: runs, artifacts, lineage, set-aside counts, selections, results.
+
+DuckDB lets one process hold a database file at a time, and a second process cannot even
+open it. The registry therefore never keeps a connection: each call opens the file, writes
+a whole frame in one transaction and closes it, retrying while another process holds the
+lock. Concurrent flow runs then interleave their writes instead of failing.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import time
+import uuid
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import duckdb
+import polars as pl
+
+from undercurve.io import file_sha256
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY, flow VARCHAR, run_name VARCHAR, status VARCHAR,
+    started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ, config_json VARCHAR, config_hash VARCHAR,
+    code_version VARCHAR, prefect_flow_run_id VARCHAR, summary_json VARCHAR);
+CREATE TABLE IF NOT EXISTS artifacts (
+    artifact_id VARCHAR PRIMARY KEY, run_id VARCHAR, stage VARCHAR, kind VARCHAR, path VARCHAR,
+    sha256 VARCHAR, rows BIGINT, created_at TIMESTAMPTZ, meta_json VARCHAR);
+CREATE TABLE IF NOT EXISTS lineage (child_id VARCHAR, parent_id VARCHAR);
+CREATE TABLE IF NOT EXISTS set_aside (
+    run_id VARCHAR, stage VARCHAR, reason VARCHAR, n BIGINT);
+CREATE TABLE IF NOT EXISTS selections (
+    run_id VARCHAR, strategy VARCHAR, rank BIGINT, sample_id VARCHAR, score DOUBLE);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    run_id VARCHAR, strategy VARCHAR, checkpoint VARCHAR, step BIGINT, val_loss DOUBLE, path VARCHAR);
+CREATE TABLE IF NOT EXISTS eval_results (
+    run_id VARCHAR, model VARCHAR, strategy VARCHAR, checkpoint VARCHAR, checkpoint_rank BIGINT,
+    benchmark VARCHAR, pass1_mean DOUBLE, pass1_std DOUBLE, n_repeats BIGINT);
+"""
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def code_version() -> str:
+    """git commit (+dirty) of the checkout, else the package version."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        from importlib.metadata import version
+
+        return "undercurve-" + version("undercurve")
+
+
+class Registry:
+    def __init__(self, path: str | Path, lock_timeout_s: float = 120.0):
+        self.path = Path(path)
+        self.lock_timeout_s = lock_timeout_s
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.connect() as con:
+            con.execute(SCHEMA)
+
+    @contextmanager
+    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        deadline = time.monotonic() + self.lock_timeout_s
+        delay = 0.02
+        while True:
+            try:
+                con = duckdb.connect(str(self.path), read_only=read_only)
+                break
+            except duckdb.IOException as exc:  # another process holds the file
+                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay * (1 + random.random()))
+                delay = min(delay * 2, 1.0)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    def _insert(self, table: str, df: pl.DataFrame) -> None:
+        if df.height == 0:
+            return
+        with self.connect() as con:
+            con.register("_frame", df.to_arrow())
+            con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _frame")
+
+    # runs -----------------------------------------------------------------
+    def start_run(self, flow: str, run_name: str, config: dict, config_hash: str,
+                  prefect_flow_run_id: str | None = None) -> str:
+        run_id = uuid.uuid4().hex[:12]
+        self._insert("runs", pl.DataFrame([{
+            "run_id": run_id, "flow": flow, "run_name": run_name, "status": "RUNNING",
+            "started_at": _now(), "finished_at": None, "config_json": json.dumps(config, default=str),
+            "config_hash": config_hash, "code_version": code_version(),
+            "prefect_flow_run_id": prefect_flow_run_id, "summary_json": None}]))
+        return run_id
+
+    def finish_run(self, run_id: str, status: str, summary: dict | None = None) -> None:
+        with self.connect() as con:
+            con.execute("UPDATE runs SET status = ?, finished_at = ?, summary_json = ? WHERE run_id = ?",
+                        [status, _now(), json.dumps(summary or {}, default=str), run_id])
+
+    # artifacts ------------------------------------------------------------
+    def add_artifact(self, run_id: str, stage: str, kind: str, path: str | Path, rows: int | None,
+                     parents: list[str] = (), meta: dict | None = None) -> str:
+        """Record a file (content-hashed) and its lineage; returns the artifact id."""
+        path = Path(path)
+        artifact_id = uuid.uuid4().hex[:12]
+        self._insert("artifacts", pl.DataFrame([{
+            "artifact_id": artifact_id, "run_id": run_id, "stage": stage, "kind": kind,
+            "path": str(path.resolve()), "sha256": file_sha256(path) if path.is_file() else None,
+            "rows": rows, "created_at": _now(), "meta_json": json.dumps(meta or {}, default=str)}]))
+        self._insert("lineage", pl.DataFrame({"child_id": [artifact_id] * len(parents), "parent_id": list(parents)},
+                                             schema={"child_id": pl.Utf8, "parent_id": pl.Utf8}))
+        return artifact_id
+
+    def add_set_aside(self, run_id: str, stage: str, set_aside: pl.DataFrame) -> None:
+        counts = set_aside.group_by("reason").len("n").with_columns(
+            pl.lit(run_id).alias("run_id"), pl.lit(stage).alias("stage"))
+        self._insert("set_aside", counts)
+
+    def add_selection(self, run_id: str, selection: pl.DataFrame) -> None:
+        self._insert("selections", selection.select(
+            pl.lit(run_id).alias("run_id"), "strategy", "rank", pl.col("id").alias("sample_id"), "score"))
+
+    def add_rows(self, table: str, run_id: str, df: pl.DataFrame) -> None:
+        """Insert a frame into ``checkpoints`` or ``eval_results`` for a run."""
+        if table not in ("checkpoints", "eval_results"):
+            raise ValueError(table)
+        self._insert(table, df.with_columns(pl.lit(run_id).alias("run_id")))
+
+    # queries --------------------------------------------------------------
+    def query(self, sql: str, params: list | None = None) -> pl.DataFrame:
+        # not read_only: DuckDB refuses a read-only and a read-write handle in one process
+        with self.connect() as con:
+            return pl.from_arrow(con.sql(sql, params=params).to_arrow_table())

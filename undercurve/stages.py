@@ -1,0 +1,257 @@
+"""The curation stages as plain functions: read Parquet, do one thing, write Parquet, record.
+
+Each stage takes a ``RunContext`` and the path of its input, writes its output under
+``<run_dir>/<stage>/`` atomically, keeps set-aside rows in ``set_aside.parquet`` beside it,
+records both in the registry (with lineage to the input artifact) and returns a small
+``StageResult``. Prefect tasks wrap these one to one; tests call them directly.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from undercurve.config import Settings
+from undercurve.io import run_sharded, write_parquet_atomic
+from undercurve.registry import Registry
+from undercurve.schema import SET_ASIDE_SCHEMA
+
+log = logging.getLogger("undercurve")
+
+
+@dataclass
+class RunContext:
+    settings: Settings
+    run_id: str
+    registry_path: str
+
+    @property
+    def run_dir(self) -> Path:
+        return self.settings.run_dir
+
+    @property
+    def registry(self) -> Registry:
+        return Registry(self.registry_path)
+
+    def stage_dir(self, stage: str) -> Path:
+        d = self.run_dir / stage
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+
+@dataclass
+class StageResult:
+    stage: str
+    path: str
+    artifact_id: str
+    rows_in: int
+    rows_out: int
+    set_aside: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _finish(ctx: RunContext, stage: str, out: pl.DataFrame, aside: pl.DataFrame, rows_in: int,
+            parent: StageResult | None, kind: str = "samples", extra: dict | None = None,
+            parents: list[str] | None = None) -> StageResult:
+    """Write output + set-aside, check the row balance, record artifacts and lineage."""
+    if out.height + aside.height != rows_in:
+        raise AssertionError(f"{stage}: rows in {rows_in} != kept {out.height} + set aside {aside.height}")
+    d = ctx.stage_dir(stage)
+    path = write_parquet_atomic(out, d / f"{kind}.parquet")
+    reg = ctx.registry
+    ids = list(parents or ([parent.artifact_id] if parent else []))
+    aid = reg.add_artifact(ctx.run_id, stage, kind, path, out.height, parents=ids, meta=extra)
+    if aside.height:
+        aside_path = write_parquet_atomic(aside.select(list(SET_ASIDE_SCHEMA)), d / "set_aside.parquet")
+        reg.add_artifact(ctx.run_id, stage, "set_aside", aside_path, aside.height, parents=ids)
+        reg.add_set_aside(ctx.run_id, stage, aside)
+    log.info("%s: %d in, %d kept, %d set aside -> %s", stage, rows_in, out.height, aside.height, path)
+    return StageResult(stage, str(path), aid, rows_in, out.height, aside.height, extra or {})
+
+
+def _empty_aside() -> pl.DataFrame:
+    return pl.DataFrame(schema=SET_ASIDE_SCHEMA)
+
+
+# ---------------------------------------------------------------------------- stages
+def prepare_inputs(ctx: RunContext) -> dict:
+    """Resolve the corpus source and the model (building the offline demo ones if asked)."""
+    from undercurve.models import resolve_model
+
+    s = ctx.settings
+    source, bench, texts = s.corpus.source, None, []
+    if source == "demo":
+        from undercurve.demo import tokenizer_texts, write_demo_inputs
+
+        corpus, bench = write_demo_inputs(Path(s.workdir) / "demo", s.corpus.demo_size, s.corpus.seed)
+        source, texts = str(corpus), tokenizer_texts(corpus)
+    model_dir = s.model.tiny_dir or str(Path(s.workdir) / "models")
+    model = resolve_model(s.model.path, model_dir, texts)
+    return {"corpus": source, "model": model, "demo_benchmark": None if bench is None else str(bench)}
+
+
+def ingest_stage(ctx: RunContext, corpus: str) -> StageResult:
+    from undercurve.ingest import ingest
+
+    s = ctx.settings.corpus
+    samples, aside = ingest(corpus, split=s.split, limit=s.limit)
+    rows_in = samples.height + aside.height
+    return _finish(ctx, "ingest", samples, aside, rows_in, None, extra={"source": corpus})
+
+
+def decontaminate_stage(ctx: RunContext, prev: StageResult, demo_benchmark: str | None) -> StageResult:
+    df = pl.read_parquet(prev.path)
+    d = ctx.settings.decontam
+    if not d.enabled:
+        return _finish(ctx, "decontaminate", df, _empty_aside(), df.height, prev, extra={"enabled": False})
+    from undercurve.decontam import decontaminate
+
+    settings = d.model_dump()
+    if demo_benchmark and "gsm8k" not in settings["local_paths"]:
+        settings["local_paths"] = {**settings["local_paths"], "gsm8k": demo_benchmark}
+    settings["cache_dir"] = settings["cache_dir"] or str(Path(ctx.settings.workdir) / "cache" / "decontam")
+    kept, removed, report = decontaminate(df, settings)
+    d_out = ctx.stage_dir("decontaminate")
+    audit = write_parquet_atomic(removed, d_out / "removed_audit.parquet")
+    res = _finish(ctx, "decontaminate", kept, removed.select(list(SET_ASIDE_SCHEMA)), df.height, prev,
+                  extra={"report": report, "audit": str(audit)})
+    return res
+
+
+def length_cap_stage(ctx: RunContext, prev: StageResult, model: str) -> StageResult:
+    from transformers import AutoTokenizer
+
+    from undercurve.textlen import cap_length
+
+    df = pl.read_parquet(prev.path)
+    tok = AutoTokenizer.from_pretrained(model, trust_remote_code=ctx.settings.model.trust_remote_code)
+    kept, aside = cap_length(tok, df, ctx.settings.max_tokens)
+    return _finish(ctx, "length_cap", kept, aside, df.height, prev, extra={"max_tokens": ctx.settings.max_tokens})
+
+
+def score_stage(ctx: RunContext, prev: StageResult, model: str) -> StageResult:
+    """EAS/EDIS/PPL per sample, shard by shard; finished shards are not recomputed."""
+    sc = ctx.settings.scoring
+    settings = {**sc.model_dump(), "model": model, "trust_remote_code": ctx.settings.model.trust_remote_code}
+    df = pl.read_parquet(prev.path)
+    d = ctx.stage_dir("score")
+    asides: list[pl.DataFrame] = []
+
+    if sc.engine == "torch":
+        from undercurve.scoring.score import score_frame
+
+        def fn(shard: pl.DataFrame) -> pl.DataFrame:
+            scores, aside_rows = score_frame(shard, settings)
+            return _with_aside(scores, aside_rows)
+    else:
+        from undercurve.vllm_stages import score_shard_with_vllm
+
+        def fn(shard: pl.DataFrame) -> pl.DataFrame:
+            scores, aside_rows = score_shard_with_vllm(shard, settings, d / "vllm")
+            return _with_aside(scores, aside_rows)
+
+    def progress(i: int, n: int, skipped: bool) -> None:
+        log.info("score: shard %d/%d %s", i + 1, n, "already done, skipped" if skipped else "done")
+
+    shards = run_sharded(df, d / "shards", sc.shard_size, fn, settings=settings, on_shard=progress)
+    both = pl.concat([pl.read_parquet(p) for p in shards], how="diagonal_relaxed") if shards else pl.DataFrame()
+    scores, aside = _split_aside(both, "score")
+    return _finish(ctx, "score", scores, aside, df.height, prev, kind="scores",
+                   extra={"engine": sc.engine, "mode": sc.mode, "shards": len(shards)})
+
+
+def pass_rate_stage(ctx: RunContext, prev: StageResult, model: str) -> StageResult:
+    """n rollouts per sample with vLLM; pass rate by math equivalence with the reference."""
+    from undercurve.vllm_stages import pass_rate_with_vllm
+
+    pr = ctx.settings.pass_rate
+    df = pl.read_parquet(prev.path)
+    d = ctx.stage_dir("pass_rate")
+    rates, rollouts_path = pass_rate_with_vllm(df, model, pr.model_dump(), d, ctx.settings.model.trust_remote_code)
+    return _finish(ctx, "pass_rate", rates, _empty_aside(), df.height, prev, kind="pass_rates",
+                   extra={"rollouts": str(rollouts_path), "n": pr.rollouts})
+
+
+def features_stage(ctx: RunContext, samples: StageResult, scores: StageResult | None,
+                   pass_rates: StageResult | None) -> StageResult:
+    """One row per sample with every strategy's signal (missing signals are null)."""
+    df = pl.read_parquet(samples.path).select("id", "n_tokens")
+    parents = [samples.artifact_id]
+    if scores is not None:
+        df = df.join(pl.read_parquet(scores.path).select("id", "eas", "mean_eas", "ppl", "edis"), on="id", how="left")
+        parents.append(scores.artifact_id)
+    if pass_rates is not None:
+        df = df.join(pl.read_parquet(pass_rates.path).select("id", "pass_rate"), on="id", how="left")
+        parents.append(pass_rates.artifact_id)
+    return _finish(ctx, "features", df, _empty_aside(), df.height, None, kind="features", parents=parents)
+
+
+def select_stage(ctx: RunContext, features: StageResult, samples: StageResult, strategy: str) -> StageResult:
+    """Top-budget selection for one strategy + its ms-swift JSONL export."""
+    from undercurve.export import export_swift_jsonl
+    from undercurve.select import select
+
+    sel = ctx.settings.selection
+    df = pl.read_parquet(features.path)
+    needed = {"pass_rate": "pass_rate", "eas": "eas"}.get(strategy)
+    if needed and needed not in df.columns:
+        raise ValueError(f"strategy {strategy!r} needs the {needed!r} stage, which is disabled in this config")
+    chosen = select(df, strategy, sel.budget, sel.seed)
+    d = ctx.stage_dir("select")
+    path = write_parquet_atomic(chosen, d / f"{strategy}.parquet")
+    jsonl, n = export_swift_jsonl(pl.read_parquet(samples.path), chosen, d / f"{strategy}.swift.jsonl")
+    reg = ctx.registry
+    aid = reg.add_artifact(ctx.run_id, "select", f"selection:{strategy}", path, chosen.height,
+                           parents=[features.artifact_id], meta={"budget": sel.budget, "seed": sel.seed})
+    jid = reg.add_artifact(ctx.run_id, "export", f"swift_jsonl:{strategy}", jsonl, n, parents=[aid, samples.artifact_id])
+    reg.add_selection(ctx.run_id, chosen)
+    if chosen.height < sel.budget:
+        log.warning("select %s: only %d eligible samples for a budget of %d", strategy, chosen.height, sel.budget)
+    log.info("select %s: %d samples -> %s", strategy, chosen.height, jsonl)
+    return StageResult("select", str(path), aid, df.height, chosen.height, 0,
+                       {"strategy": strategy, "jsonl": str(jsonl), "jsonl_artifact_id": jid})
+
+
+# ---------------------------------------------------------------------------- helpers
+ASIDE_FLAG = "_set_aside_reason"
+
+
+def _with_aside(scores: pl.DataFrame, aside_rows: list[dict]) -> pl.DataFrame:
+    """Shard files carry scored rows and set-aside rows together, so a shard is one file."""
+    aside = pl.DataFrame(
+        {"id": [r.get("id") for r in aside_rows], ASIDE_FLAG: [r["reason"] for r in aside_rows],
+         "source": [r.get("source") for r in aside_rows], "detail": [str(r.get("detail") or "") for r in aside_rows]},
+        schema={"id": pl.Utf8, ASIDE_FLAG: pl.Utf8, "source": pl.Utf8, "detail": pl.Utf8})
+    return pl.concat([scores, aside], how="diagonal_relaxed")
+
+
+def _split_aside(both: pl.DataFrame, stage: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    if both.height == 0 or ASIDE_FLAG not in both.columns:
+        return both, _empty_aside()
+    flagged = both.filter(pl.col(ASIDE_FLAG).is_not_null())
+    aside = flagged.select("id", "source", pl.lit(stage).alias("stage"), pl.col(ASIDE_FLAG).alias("reason"), "detail")
+    scores = both.filter(pl.col(ASIDE_FLAG).is_null()).drop(ASIDE_FLAG, *[c for c in ("source", "detail") if c in both.columns])
+    return scores, aside
+
+
+def run_summary(ctx: RunContext, results: list[StageResult]) -> dict:
+    """Rows per stage and the accounting identity rows in = kept + set aside, end to end."""
+    table = [{"stage": r.stage if r.stage != "select" else f"select:{r.extra['strategy']}",
+              "rows_in": r.rows_in, "kept": r.rows_out, "set_aside": r.set_aside, "path": r.path}
+             for r in results]
+    filters = [r for r in results if r.stage in ("ingest", "decontaminate", "length_cap", "score")]
+    summary = {"run_id": ctx.run_id, "run_dir": str(ctx.run_dir.resolve()),
+               "registry": str(Path(ctx.registry_path).resolve()), "stages": table}
+    if filters:
+        first = filters[0].rows_in
+        kept = filters[-1].rows_out
+        aside = sum(r.set_aside for r in filters)
+        summary["accounting"] = {"rows_in": first, "kept": kept, "set_aside": aside, "balanced": first == kept + aside}
+    summary["selections"] = {r.extra["strategy"]: r.extra["jsonl"] for r in results if r.stage == "select"}
+    return summary

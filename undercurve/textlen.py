@@ -1,0 +1,41 @@
+"""Length cap: total tokens of prompt + response with the model's chat template applied."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from undercurve.schema import set_aside_frame
+
+STAGE = "length_cap"
+
+
+def chat_texts(tokenizer, prompts: list[str], responses: list[str]) -> list[str]:
+    return [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": p}, {"role": "assistant", "content": r}], tokenize=False
+        )
+        for p, r in zip(prompts, responses)
+    ]
+
+
+def token_lengths(tokenizer, df: pl.DataFrame, batch: int = 512) -> list[int]:
+    """Batched fast-tokenizer counts; same numbers as tokenising each chat separately."""
+    lengths: list[int] = []
+    for start in range(0, df.height, batch):
+        part = df.slice(start, batch)
+        texts = chat_texts(tokenizer, part["prompt"].to_list(), part["response"].to_list())
+        enc = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        lengths += [len(ids) for ids in enc]
+    return lengths
+
+
+def cap_length(tokenizer, df: pl.DataFrame, max_tokens: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """-> (rows within the cap with an ``n_tokens`` column, set-aside rows over it)."""
+    df = df.with_columns(pl.Series("n_tokens", token_lengths(tokenizer, df), dtype=pl.Int64))
+    over = df.filter(pl.col("n_tokens") > max_tokens)
+    aside = set_aside_frame(
+        [{"id": r["id"], "source": r["source"], "reason": f"over length cap ({max_tokens} tokens)",
+          "detail": f"{r['n_tokens']} tokens"} for r in over.select("id", "source", "n_tokens").to_dicts()],
+        STAGE,
+    )
+    return df.filter(pl.col("n_tokens") <= max_tokens), aside
