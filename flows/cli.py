@@ -1,6 +1,6 @@
 """`undercurve` command line: run a flow, inspect the registry.
 
-    undercurve run [CONFIG] [--set scoring.mode=plain ...]   run the curate flow
+    undercurve run [CONFIG] [--flow pipeline|curate|train_eval] [--set key=value ...]
     undercurve runs                                          list runs
     undercurve show RUN_ID                                   a run's artifacts and lineage
     undercurve compare                                       selection sizes per strategy across runs
@@ -35,8 +35,9 @@ def _registry(path: str | None, config: str | None):
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="undercurve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    run = sub.add_parser("run", help="run the curate flow")
+    run = sub.add_parser("run", help="run a flow (default: the whole pipeline)")
     run.add_argument("config", nargs="?", default="configs/demo.yaml")
+    run.add_argument("--flow", choices=["pipeline", "curate", "train_eval"], default="pipeline")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
     for name in ("runs", "show", "compare"):
         p = sub.add_parser(name)
@@ -47,10 +48,21 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     if args.cmd == "run":
-        from flows.curate import curate
+        overrides = _parse_set(args.set) or None
+        if args.flow == "curate":
+            from flows.curate import curate
 
-        summary = curate(args.config, _parse_set(args.set) or None)
-        _print_summary(summary)
+            _print_summary(curate(args.config, overrides))
+        elif args.flow == "train_eval":
+            from flows.train_eval import train_eval
+
+            _print_comparison(train_eval(args.config, overrides))
+        else:
+            from flows.pipeline import pipeline
+
+            out = pipeline(args.config, overrides)
+            _print_summary(out["curate"])
+            _print_comparison(out["train_eval"])
         return 0
 
     import polars as pl
@@ -86,6 +98,12 @@ def _print_summary(summary: dict) -> None:
     print("registry:", summary["registry"])
     for strategy, path in summary["selections"].items():
         print(f"  {strategy:<10} {path}")
+
+
+def _print_comparison(summary: dict) -> None:
+    if summary.get("markdown"):
+        print("\n" + summary["markdown"])
+        print("report:", summary["md_path"], summary["csv_path"])
 
 
 if __name__ == "__main__":

@@ -80,6 +80,20 @@ class SelectionSettings(_Strict):
     seed: int = 0
 
 
+class TrainSettings(_Strict):
+    # Passed to undercurve.train.run_sft (keys: train.SFT_DEFAULTS); identical for every strategy.
+    sft: dict[str, Any] = Field(default_factory=dict)
+    top_k_checkpoints: int = 3  # evaluated per strategy, lowest validation loss first
+
+
+class EvalSettings(_Strict):
+    # evalscope benchmark -> local file/dir of {problem, answer} records, or null (from the hub)
+    benchmarks: dict[str, str | None] = Field(default_factory=lambda: {"aime24": None, "aime25": None})
+    repeats: int = 32
+    # Passed to undercurve.evaluate.run_eval (keys: evaluate.EVAL_DEFAULTS).
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
 class Settings(_Strict):
     run_name: str = "demo"
     workdir: str = "runs"
@@ -91,6 +105,8 @@ class Settings(_Strict):
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
     pass_rate: PassRateSettings = Field(default_factory=PassRateSettings)
     selection: SelectionSettings = Field(default_factory=SelectionSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    eval: EvalSettings = Field(default_factory=EvalSettings)
 
     @field_validator("run_name")
     @classmethod

@@ -9,6 +9,7 @@ demo run exercises every path a real corpus takes.
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
 
 BROKEN_LINES = [
@@ -19,10 +20,19 @@ BROKEN_LINES = [
 ]
 
 
-def _problems(size: int, seed: int) -> list[dict]:
+def _template(problem: dict) -> int:
+    # gsm_symbolic does not name its templates; the set of variable names identifies one
+    names = ",".join(sorted(problem["metadata"]["variables"]))
+    return zlib.crc32(names.encode())
+
+
+def _problems(size: int, seed: int, benchmark: bool) -> list[dict]:
+    """Problems whose template is (or is not) reserved for the benchmark, so corpus and
+    benchmark share no template text except where a leak is planted on purpose."""
     import reasoning_gym
 
-    return list(reasoning_gym.create_dataset("gsm_symbolic", size=size, seed=seed))
+    pool = reasoning_gym.create_dataset("gsm_symbolic", size=size * 8, seed=seed)
+    return [p for p in pool if (_template(p) % 4 == 0) == benchmark][:size]
 
 
 def _am_record(rid: str, question: str, cot: str, answer: str) -> dict:
@@ -47,12 +57,12 @@ def write_demo_inputs(out_dir: str | Path, size: int = 48, seed: int = 0) -> tup
     if corpus.exists() and bench.exists():
         return corpus, bench
     out.mkdir(parents=True, exist_ok=True)
-    held_out = _problems(8, seed + 1000)
+    held_out = _problems(8, seed + 1000, benchmark=True)
     with open(bench, "w", encoding="utf-8") as fh:
         for i, p in enumerate(held_out):
             fh.write(json.dumps({"id": f"bench-{i}", "question": p["question"], "answer": p["metadata"]["answer_cot"]}) + "\n")
     lines = []
-    for i, p in enumerate(_problems(size, seed)):
+    for i, p in enumerate(_problems(size, seed, benchmark=False)):
         cot, ans = p["metadata"]["answer_cot"], str(p["answer"])
         if i % 6 == 5:  # GSM8K-format rows
             lines.append(json.dumps({"id": f"demo-{i}", "question": p["question"], "answer": cot}))

@@ -73,7 +73,7 @@ def run_sharded(
 ) -> list[Path]:
     """Apply ``fn`` shard by shard, writing ``shard-NNNNN.parquet`` atomically.
 
-    A shard whose output exists and whose fingerprint (shard ids + settings) matches is not
+    A shard whose output exists and whose fingerprint (shard content + settings) matches is not
     recomputed; a stale one (different input or settings) is. ``on_shard(i, n, skipped)``
     reports progress.
     """
@@ -83,7 +83,9 @@ def run_sharded(
     paths = []
     for i, shard in iter_shards(df, shard_size):
         path = out / f"shard-{i:05d}.parquet"
-        fp = fingerprint({"ids": shard["id"].to_list(), "settings": settings})
+        # content, not just ids: an edited sample with the same id must be recomputed
+        content = hashlib.sha256(shard.write_csv().encode()).hexdigest()
+        fp = fingerprint({"content": content, "settings": settings})
         marker = out / f"shard-{i:05d}.fp"
         done = path.exists() and marker.exists() and marker.read_text() == fp
         if not done:

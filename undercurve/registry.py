@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import subprocess
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -63,6 +64,17 @@ def code_version() -> str:
         return "undercurve-" + version("undercurve")
 
 
+# DuckDB also refuses two simultaneous handles on one file inside a process (threads of a
+# Prefect flow), so calls are serialised per file here and retried across processes.
+_PROCESS_LOCKS: dict[str, threading.Lock] = {}
+_PROCESS_LOCKS_GUARD = threading.Lock()
+
+
+def _process_lock(path: Path) -> threading.Lock:
+    with _PROCESS_LOCKS_GUARD:
+        return _PROCESS_LOCKS.setdefault(str(path.resolve()), threading.Lock())
+
+
 class Registry:
     def __init__(self, path: str | Path, lock_timeout_s: float = 120.0):
         self.path = Path(path)
@@ -75,19 +87,20 @@ class Registry:
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         deadline = time.monotonic() + self.lock_timeout_s
         delay = 0.02
-        while True:
+        with _process_lock(self.path):
+            while True:
+                try:
+                    con = duckdb.connect(str(self.path), read_only=read_only)
+                    break
+                except duckdb.IOException as exc:  # another process holds the file
+                    if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                        raise
+                    time.sleep(delay * (1 + random.random()))
+                    delay = min(delay * 2, 1.0)
             try:
-                con = duckdb.connect(str(self.path), read_only=read_only)
-                break
-            except duckdb.IOException as exc:  # another process holds the file
-                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
-                    raise
-                time.sleep(delay * (1 + random.random()))
-                delay = min(delay * 2, 1.0)
-        try:
-            yield con
-        finally:
-            con.close()
+                yield con
+            finally:
+                con.close()
 
     def _insert(self, table: str, df: pl.DataFrame) -> None:
         if df.height == 0:

@@ -112,10 +112,10 @@ def decontaminate_stage(ctx: RunContext, prev: StageResult, demo_benchmark: str 
         return _finish(ctx, "decontaminate", df, _empty_aside(), df.height, prev, extra={"enabled": False})
     from undercurve.decontam import decontaminate
 
-    settings = d.model_dump()
+    settings = {k: v for k, v in d.model_dump(exclude={"enabled"}).items() if v is not None}
     if demo_benchmark and "gsm8k" not in settings["local_paths"]:
         settings["local_paths"] = {**settings["local_paths"], "gsm8k": demo_benchmark}
-    settings["cache_dir"] = settings["cache_dir"] or str(Path(ctx.settings.workdir) / "cache" / "decontam")
+    settings["cache_dir"] = settings.get("cache_dir") or str(Path(ctx.settings.workdir) / "cache" / "decontam")
     kept, removed, report = decontaminate(df, settings)
     d_out = ctx.stage_dir("decontaminate")
     audit = write_parquet_atomic(removed, d_out / "removed_audit.parquet")
@@ -141,29 +141,28 @@ def score_stage(ctx: RunContext, prev: StageResult, model: str) -> StageResult:
     settings = {**sc.model_dump(), "model": model, "trust_remote_code": ctx.settings.model.trust_remote_code}
     df = pl.read_parquet(prev.path)
     d = ctx.stage_dir("score")
-    asides: list[pl.DataFrame] = []
 
-    if sc.engine == "torch":
+    if sc.engine == "vllm":  # the paper's top-K path, in the vLLM environment
+        from undercurve.vllm_stages import score_with_vllm
+
+        scores, aside = score_with_vllm(df, settings, d / "vllm")
+        n_shards = (df.height + sc.shard_size - 1) // sc.shard_size
+    else:
         from undercurve.scoring.score import score_frame
 
         def fn(shard: pl.DataFrame) -> pl.DataFrame:
             scores, aside_rows = score_frame(shard, settings)
             return _with_aside(scores, aside_rows)
-    else:
-        from undercurve.vllm_stages import score_shard_with_vllm
 
-        def fn(shard: pl.DataFrame) -> pl.DataFrame:
-            scores, aside_rows = score_shard_with_vllm(shard, settings, d / "vllm")
-            return _with_aside(scores, aside_rows)
+        def progress(i: int, n: int, skipped: bool) -> None:
+            log.info("score: shard %d/%d %s", i + 1, n, "already done, skipped" if skipped else "done")
 
-    def progress(i: int, n: int, skipped: bool) -> None:
-        log.info("score: shard %d/%d %s", i + 1, n, "already done, skipped" if skipped else "done")
-
-    shards = run_sharded(df, d / "shards", sc.shard_size, fn, settings=settings, on_shard=progress)
-    both = pl.concat([pl.read_parquet(p) for p in shards], how="diagonal_relaxed") if shards else pl.DataFrame()
-    scores, aside = _split_aside(both, "score")
+        shards = run_sharded(df, d / "shards", sc.shard_size, fn, settings=settings, on_shard=progress)
+        both = pl.concat([pl.read_parquet(p) for p in shards], how="diagonal_relaxed") if shards else pl.DataFrame()
+        scores, aside = _split_aside(both, "score")
+        n_shards = len(shards)
     return _finish(ctx, "score", scores, aside, df.height, prev, kind="scores",
-                   extra={"engine": sc.engine, "mode": sc.mode, "shards": len(shards)})
+                   extra={"engine": sc.engine, "mode": sc.mode, "shards": n_shards})
 
 
 def pass_rate_stage(ctx: RunContext, prev: StageResult, model: str) -> StageResult:
@@ -233,7 +232,9 @@ def _with_aside(scores: pl.DataFrame, aside_rows: list[dict]) -> pl.DataFrame:
 
 def _split_aside(both: pl.DataFrame, stage: str) -> tuple[pl.DataFrame, pl.DataFrame]:
     if both.height == 0 or ASIDE_FLAG not in both.columns:
-        return both, _empty_aside()
+        from undercurve.scoring.score import SCORE_SCHEMA
+
+        return (both if both.height else pl.DataFrame(schema=SCORE_SCHEMA)), _empty_aside()
     flagged = both.filter(pl.col(ASIDE_FLAG).is_not_null())
     aside = flagged.select("id", "source", pl.lit(stage).alias("stage"), pl.col(ASIDE_FLAG).alias("reason"), "detail")
     scores = both.filter(pl.col(ASIDE_FLAG).is_null()).drop(ASIDE_FLAG, *[c for c in ("source", "detail") if c in both.columns])

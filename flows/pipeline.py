@@ -1,0 +1,16 @@
+"""End to end: curate -> train_eval, as one parent flow with two subflows."""
+
+from __future__ import annotations
+
+import tasks  # noqa: F401
+from prefect import flow
+
+from flows.curate import curate
+from flows.train_eval import train_eval
+
+
+@flow(name="pipeline")
+def pipeline(config: str | None = "configs/demo.yaml", overrides: dict | None = None) -> dict:
+    curated = curate(config, overrides)
+    evaluated = train_eval(config, overrides, curate_run_id=curated["run_id"])
+    return {"curate": curated, "train_eval": evaluated}

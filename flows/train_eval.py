@@ -1,0 +1,39 @@
+"""Train and evaluate every strategy's selection: SFT -> top-k checkpoints -> evalscope ->
+comparison table. One strategy failing does not lose the others' results."""
+
+from __future__ import annotations
+
+import tasks  # noqa: F401
+from prefect import flow
+
+from tasks import curate as c
+from tasks import train_eval as t
+from undercurve.config import load_settings
+
+
+@flow(name="train_eval")
+def train_eval(config: str | None = "configs/demo.yaml", overrides: dict | None = None,
+               curate_run_id: str | None = None) -> dict:
+    settings = load_settings(config, overrides)
+    ctx = c.start_run(settings, "train_eval")
+    inputs = c.prepare_inputs(ctx)
+    source_run, selections = t.find_selections(ctx, curate_run_id)
+    benchmarks = t.resolve_benchmarks(ctx, inputs["demo_benchmark"])
+    rows, failed = [], []
+    for strategy, jsonl in selections.items():  # sequential: one accelerator
+        trained = t.train(ctx, strategy, jsonl, inputs["model"], return_state=True)
+        if trained.is_failed():
+            failed.append(strategy)
+            continue
+        for rank, ckpt in enumerate(trained.result()["top"], start=1):
+            ev = t.evaluate(ctx, strategy, ckpt, rank, settings.model.path, benchmarks, return_state=True)
+            if ev.is_failed():
+                failed.append(f"{strategy}:rank{rank}")
+            else:
+                rows += ev.result()
+    report = t.report(ctx, rows) if rows else {}
+    summary = {"curate_run_id": source_run, "failed": failed, **report}
+    c.finish_run_status(ctx, "FAILED" if failed else "COMPLETED", summary)
+    if failed:
+        raise RuntimeError(f"train/eval failed for {failed}; results of the others are in the registry")
+    return summary

@@ -1,0 +1,301 @@
+"""ms-swift 4.x SFT of one selection, run as a subprocess.
+
+The orchestrator never imports ms-swift: each SFT (and LoRA merge) is a child process whose
+whole output goes to a log file, so a crash, a CUDA OOM or a hung import cannot take the
+caller down, and the failure message can point at the log.
+
+Every checkpoint is kept (no ``save_total_limit``); ms-swift evaluates the held-out split at
+each save (``eval_strategy`` follows ``save_strategy``), so every checkpoint gets a
+validation loss and the top-k by validation score can be picked afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+# Defaults for the settings mapping given to sft_command / run_sft. The paper's values live in
+# configs/train_eval_paper.yaml; None means "don't pass it, use ms-swift's default".
+SFT_DEFAULTS: dict[str, Any] = {
+    "tuner_type": "full",  # full | lora
+    "model_type": None,  # ms-swift model type; None -> config.json's model_type (qwen2, llama)
+    "template": None,  # ms-swift template; None -> qwen for qwen2, llama3 for llama
+    "max_length": 4096,
+    "num_train_epochs": 3,
+    "max_steps": None,  # overrides epochs when set (tests, smoke runs)
+    "learning_rate": 1e-5,
+    "seed": 42,
+    "per_device_train_batch_size": 1,
+    "per_device_eval_batch_size": 1,
+    "gradient_accumulation_steps": 16,  # always explicit: ms-swift otherwise derives one
+    "save_strategy": "epoch",  # epoch | steps
+    "save_steps": None,
+    "eval_steps": None,  # None -> same as save_steps
+    "split_dataset_ratio": 0.05,  # held-out share for the validation loss
+    "save_only_model": True,  # no optimizer state: checkpoints are for evaluation only
+    "logging_steps": 5,
+    "warmup_ratio": None,
+    "lr_scheduler_type": None,
+    "torch_dtype": None,  # e.g. bfloat16 on GPU
+    "gradient_checkpointing": None,
+    "attn_impl": None,  # e.g. flash_attn
+    "deepspeed": None,  # zero0..zero3, zero3_offload, or a JSON path (GPU only)
+    "lora_rank": 8,
+    "lora_alpha": 32,
+    "target_modules": "all-linear",
+    "dataset_num_proc": 1,
+    "dataloader_num_workers": None,
+    "nproc_per_node": 1,  # >1 launches torchrun
+    "extra_args": [],  # raw ms-swift flags appended last
+    "env": {},  # extra environment for the child (CUDA_VISIBLE_DEVICES, ...)
+    "timeout_s": None,
+    "overwrite": False,  # remove existing checkpoint-* dirs in out_dir before training
+}
+
+# Local model dirs: ms-swift cannot infer these from a path, and the model family decides.
+_FAMILY = {"qwen2": ("qwen2", "qwen"), "llama": ("llama", "llama3")}
+
+_PASSTHROUGH = [
+    "max_length", "num_train_epochs", "max_steps", "learning_rate", "seed",
+    "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+    "save_strategy", "save_steps", "eval_steps", "split_dataset_ratio", "save_only_model",
+    "logging_steps", "warmup_ratio", "lr_scheduler_type", "torch_dtype", "gradient_checkpointing",
+    "attn_impl", "deepspeed", "dataset_num_proc", "dataloader_num_workers",
+]
+
+
+class ToolError(RuntimeError):
+    """A child tool (ms-swift, evalscope) failed; ``log_path`` holds its full output."""
+
+    def __init__(self, message: str, log_path: Path):
+        super().__init__(message)
+        self.log_path = Path(log_path)
+
+
+@dataclass
+class SftResult:
+    out_dir: Path
+    checkpoints: list[Path]  # sorted by step
+    log_path: Path
+    metrics: dict[str, Any]  # train summary from logging.jsonl (train_loss, global_step, ...)
+    val_loss: dict[str, float | None] = field(default_factory=dict)  # checkpoint path -> eval_loss
+
+    def top_k(self, k: int = 3) -> list[Path]:
+        """The k checkpoints with the lowest validation loss (ties: earlier step first)."""
+        scored = [c for c in self.checkpoints if self.val_loss.get(str(c)) is not None]
+        if not scored:
+            raise ValueError(f"no checkpoint in {self.out_dir} has a validation loss (split_dataset_ratio 0?)")
+        return sorted(scored, key=lambda c: (self.val_loss[str(c)], _step(c)))[:k]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "out_dir": str(self.out_dir),
+            "checkpoints": [str(c) for c in self.checkpoints],
+            "log_path": str(self.log_path),
+            "metrics": self.metrics,
+            "val_loss": self.val_loss,
+        }
+
+
+def as_dict(settings: Any) -> dict[str, Any]:
+    """Accept a plain mapping or a pydantic settings object."""
+    if settings is None:
+        return {}
+    if hasattr(settings, "model_dump"):
+        return settings.model_dump()
+    return dict(settings)
+
+
+def merge_settings(defaults: Mapping[str, Any], settings: Any, what: str) -> dict[str, Any]:
+    """defaults overridden by settings; an unknown key is an error (a typo must not pass silently)."""
+    given = as_dict(settings)
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ValueError(f"unknown {what} settings {unknown}; known: {sorted(defaults)}")
+    return {**defaults, **given}
+
+
+def _flag(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _family(model_dir: Path, s: dict[str, Any]) -> tuple[str | None, str | None]:
+    model_type, template = s.get("model_type"), s.get("template")
+    if model_type and template:
+        return model_type, template
+    try:
+        hf_type = json.loads((model_dir / "config.json").read_text())["model_type"]
+    except (OSError, KeyError, ValueError):
+        hf_type = None
+    default_type, default_template = _FAMILY.get(hf_type, (None, None))
+    return model_type or default_type, template or default_template
+
+
+def sft_command(dataset_jsonl: str | Path, model_dir: str | Path, out_dir: str | Path, settings: Any = None) -> list[str]:
+    """ms-swift 4.x ``sft`` argv (without the interpreter / launcher)."""
+    s = merge_settings(SFT_DEFAULTS, settings, "SFT")
+    if s["tuner_type"] not in ("full", "lora"):
+        raise ValueError(f"tuner_type must be 'full' or 'lora', got {s['tuner_type']!r}")
+    model_dir = Path(model_dir)
+    model_type, template = _family(model_dir, s)
+    args = [
+        "--model", str(model_dir),
+        "--dataset", str(dataset_jsonl),
+        "--output_dir", str(out_dir),
+        "--tuner_type", s["tuner_type"],
+        "--check_model", "false",  # else ms-swift asks the hub about the model
+        "--add_version", "false",  # deterministic output_dir: checkpoints land directly in it
+        "--report_to", "none",
+    ]
+    if model_type:
+        args += ["--model_type", model_type]
+    if template:
+        args += ["--template", template]
+    if s["save_strategy"] == "steps" and not s["save_steps"]:
+        raise ValueError("save_strategy 'steps' needs save_steps")
+    if s["save_strategy"] == "steps" and not s["eval_steps"]:
+        s["eval_steps"] = s["save_steps"]  # one validation loss per checkpoint
+    for key in _PASSTHROUGH:
+        if s.get(key) is not None:
+            args += [f"--{key}", _flag(s[key])]
+    if s["tuner_type"] == "lora":
+        args += ["--lora_rank", str(s["lora_rank"]), "--lora_alpha", str(s["lora_alpha"])]
+        targets = s["target_modules"]
+        args += ["--target_modules", *([targets] if isinstance(targets, str) else list(targets))]
+    args += [str(a) for a in s.get("extra_args") or []]
+    return args
+
+
+def run_logged(argv: Sequence[str], log_path: Path, *, what: str, env: Mapping[str, str] | None = None,
+               timeout_s: float | None = None, cwd: Path | None = None) -> None:
+    """Run argv with stdout+stderr into log_path; raise ToolError with the log tail on failure."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    with open(log_path, "w", encoding="utf-8") as log:
+        log.write("$ " + " ".join(argv) + "\n")
+        log.flush()
+        try:
+            rc = subprocess.run(list(argv), stdout=log, stderr=subprocess.STDOUT, env=child_env,
+                                cwd=cwd, timeout=timeout_s).returncode
+        except subprocess.TimeoutExpired:
+            rc = None
+    if rc != 0:
+        status = f"timed out after {timeout_s}s" if rc is None else f"exit code {rc}"
+        tail = log_tail(log_path)
+        error = last_error(tail)
+        raise ToolError(f"{what} failed ({status}){': ' + error if error else ''}\nfull log: {log_path}\n"
+                        f"--- log tail ---\n{tail}", log_path)
+
+
+def last_error(text: str) -> str | None:
+    """The last 'SomeError: message' line of a Python traceback, so the cause leads the message."""
+    hits = re.findall(r"^[\w.]+(?:Error|Exception|Interrupt)\b.*$", text, flags=re.M)
+    return hits[-1].strip() if hits else None
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    # tqdm writes carriage returns: keep only the last state of each line
+    text = Path(path).read_text(encoding="utf-8", errors="replace")
+    kept = [ln.rsplit("\r", 1)[-1] for ln in text.splitlines()]
+    return "\n".join(kept[-lines:])
+
+
+def _step(path: Path) -> int:
+    m = re.fullmatch(r"checkpoint-(\d+)", path.name)
+    return int(m.group(1)) if m else -1
+
+
+def list_checkpoints(out_dir: str | Path) -> list[Path]:
+    out = Path(out_dir)
+    found = [p for p in out.glob("checkpoint-*") if p.is_dir() and not p.is_symlink() and _step(p) >= 0]
+    return sorted(found, key=_step)
+
+
+def _read_metrics(out_dir: Path, checkpoints: list[Path]) -> tuple[dict[str, Any], dict[str, float | None]]:
+    """Train summary and per-checkpoint eval_loss (the last checkpoint's trainer_state has all history)."""
+    history: list[dict[str, Any]] = []
+    if checkpoints and (checkpoints[-1] / "trainer_state.json").exists():
+        history = json.loads((checkpoints[-1] / "trainer_state.json").read_text()).get("log_history", [])
+    eval_by_step = {h["step"]: h["eval_loss"] for h in history if "eval_loss" in h and "step" in h}
+    val_loss = {str(c): eval_by_step.get(_step(c)) for c in checkpoints}
+    summary: dict[str, Any] = {}
+    log_jsonl = out_dir / "logging.jsonl"
+    if log_jsonl.exists():
+        for line in log_jsonl.read_text().splitlines():
+            rec = json.loads(line)
+            if "train_loss" in rec or "last_model_checkpoint" in rec:
+                summary.update({k: v for k, v in rec.items() if k != "log_history"})
+    return summary, val_loss
+
+
+def run_sft(dataset_jsonl: str | Path, model_dir: str | Path, out_dir: str | Path, settings: Any = None,
+            *, python: str | None = None) -> SftResult:
+    """Fine-tune model_dir on dataset_jsonl into out_dir; return its checkpoints + validation losses.
+
+    Raises ToolError (a RuntimeError) with the log tail and ``out_dir/sft.log`` when ms-swift fails.
+    """
+    s = merge_settings(SFT_DEFAULTS, settings, "SFT")
+    dataset_jsonl, out_dir = Path(dataset_jsonl).resolve(), Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stale = list_checkpoints(out_dir)
+    if stale:
+        if not s["overwrite"]:
+            raise FileExistsError(f"{out_dir} already holds {len(stale)} checkpoints; set overwrite to replace them")
+        for p in stale:
+            shutil.rmtree(p)
+    log_path = out_dir / "sft.log"
+    args = sft_command(dataset_jsonl, Path(model_dir).resolve(), out_dir, s)
+    py = python or sys.executable
+    nproc = int(s.get("nproc_per_node") or 1)
+    launcher = [py, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "-m", "swift.cli.sft"] if nproc > 1 \
+        else [py, "-m", "swift.cli.sft"]
+    env = {k: str(v) for k, v in (s.get("env") or {}).items()}
+    run_logged(launcher + args, log_path, what="ms-swift SFT", env=env, timeout_s=s.get("timeout_s"), cwd=out_dir)
+
+    checkpoints = list_checkpoints(out_dir)
+    if not checkpoints:
+        raise ToolError(f"ms-swift SFT wrote no checkpoint in {out_dir}; full log: {log_path}\n"
+                        f"--- log tail ---\n{log_tail(log_path)}", log_path)
+    metrics, val_loss = _read_metrics(out_dir, checkpoints)
+    result = SftResult(out_dir, checkpoints, log_path, metrics, val_loss)
+    (out_dir / "sft_result.json").write_text(json.dumps(result.to_json(), indent=2))
+    return result
+
+
+def load_sft_result(out_dir: str | Path) -> SftResult:
+    """Re-read a finished run's ``sft_result.json`` (for cached/retried orchestration)."""
+    d = json.loads((Path(out_dir) / "sft_result.json").read_text())
+    return SftResult(Path(d["out_dir"]), [Path(c) for c in d["checkpoints"]], Path(d["log_path"]),
+                     d["metrics"], d["val_loss"])
+
+
+def is_lora_checkpoint(checkpoint_dir: str | Path) -> bool:
+    return (Path(checkpoint_dir) / "adapter_config.json").exists()
+
+
+def merge_lora(checkpoint_dir: str | Path, out_dir: str | Path | None = None, *, python: str | None = None,
+               env: Mapping[str, str] | None = None) -> Path:
+    """Merge a LoRA checkpoint into full weights (``swift export --merge_lora``); idempotent.
+
+    The base model path comes from the checkpoint's args.json, so the base dir must still exist.
+    Default output: ``<checkpoint>-merged`` (ms-swift's own convention).
+    """
+    ckpt = Path(checkpoint_dir).resolve()
+    out = Path(out_dir).resolve() if out_dir else ckpt.with_name(ckpt.name + "-merged")
+    if (out / "config.json").exists():
+        return out
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    log_path = out.with_name(out.name + ".merge.log")
+    argv = [python or sys.executable, "-m", "swift.cli.export", "--adapters", str(ckpt),
+            "--merge_lora", "true", "--output_dir", str(tmp)]
+    run_logged(argv, log_path, what="ms-swift LoRA merge", env=env)
+    tmp.rename(out)
+    return out

@@ -1,0 +1,117 @@
+"""Train/evaluate stages: identical ms-swift SFT per selection, evalscope Pass@1 of the
+top checkpoints, and the paper's Table 3 comparison. Plain functions (no Prefect)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import polars as pl
+
+from undercurve.stages import RunContext
+
+log = logging.getLogger("undercurve")
+
+
+def find_selections(ctx: RunContext, curate_run_id: str | None = None) -> tuple[str, dict[str, str]]:
+    """The ms-swift JSONL of each strategy from a curate run (default: the newest completed
+    one with this run name) -> (curate run id, {strategy: path})."""
+    reg = ctx.registry
+    if curate_run_id is None:
+        runs = reg.query("SELECT run_id FROM runs WHERE flow = 'curate' AND run_name = ? AND status = 'COMPLETED' "
+                         "ORDER BY finished_at DESC LIMIT 1", [ctx.settings.run_name])
+        if runs.height == 0:
+            raise LookupError(f"no completed curate run named {ctx.settings.run_name!r} in {ctx.registry_path}; "
+                              "run the curate flow first (or the pipeline flow)")
+        curate_run_id = runs["run_id"][0]
+    arts = reg.query("SELECT kind, path FROM artifacts WHERE run_id = ? AND kind LIKE 'swift_jsonl:%'", [curate_run_id])
+    found = {k.split(":", 1)[1]: p for k, p in arts.iter_rows()}
+    if not found:
+        raise LookupError(f"curate run {curate_run_id} exported no selection")
+    return curate_run_id, found
+
+
+def resolve_benchmarks(ctx: RunContext, demo_benchmark: str | None) -> dict[str, str | None]:
+    """Benchmark name -> directory evalscope reads (``test.jsonl`` of problem/answer), or None
+    for the hub. Local files are converted; "demo" uses the demo's held-out problems."""
+    from undercurve.answers import gsm8k_final
+    from undercurve.evaluate import write_local_benchmark
+
+    out: dict[str, str | None] = {}
+    for name, value in ctx.settings.eval.benchmarks.items():
+        if value is None:
+            out[name] = None
+            continue
+        target = ctx.stage_dir("eval_data") / name
+        if value == "demo":
+            if demo_benchmark is None:
+                raise ValueError(f"eval benchmark {name}: 'demo' needs corpus.source: demo")
+            recs = [json.loads(line) for line in Path(demo_benchmark).read_text().splitlines() if line.strip()]
+            records = [{"problem": r["question"], "answer": gsm8k_final(r["answer"])} for r in recs]
+        elif Path(value).is_dir():
+            out[name] = value
+            continue
+        else:
+            records = pl.read_parquet(value).to_dicts() if value.endswith(".parquet") else [
+                json.loads(line) for line in Path(value).read_text().splitlines() if line.strip()]
+            bad = [r for r in records if not r.get("problem") or r.get("answer") in (None, "")]
+            if bad:
+                raise ValueError(f"eval benchmark {name}: {len(bad)} records without problem/answer in {value}")
+        out[name] = str(write_local_benchmark(records, target))
+    return out
+
+
+def train_strategy(ctx: RunContext, strategy: str, jsonl: str, model: str) -> dict:
+    """SFT on one selection; a finished SFT (sft_result.json present) is not redone."""
+    from undercurve.train import load_sft_result, run_sft
+
+    out_dir = ctx.stage_dir("train") / strategy
+    if (out_dir / "sft_result.json").exists():
+        res = load_sft_result(out_dir)
+        log.info("train %s: finished earlier, %d checkpoints in %s", strategy, len(res.checkpoints), out_dir)
+    else:
+        log.info("train %s: ms-swift SFT on %s (log: %s)", strategy, jsonl, out_dir / "sft.log")
+        res = run_sft(jsonl, model, out_dir, {**ctx.settings.train.sft, "overwrite": True})
+    top = res.top_k(ctx.settings.train.top_k_checkpoints)
+    rank = {str(c): i + 1 for i, c in enumerate(top)}
+    rows = pl.DataFrame([{"strategy": strategy, "checkpoint": Path(c).name, "step": int(Path(c).name.rsplit("-", 1)[-1]),
+                          "val_loss": res.val_loss.get(str(c)), "path": str(c)} for c in res.checkpoints],
+                        schema={"strategy": pl.Utf8, "checkpoint": pl.Utf8, "step": pl.Int64, "val_loss": pl.Float64, "path": pl.Utf8})
+    reg = ctx.registry
+    reg.add_rows("checkpoints", ctx.run_id, rows)
+    for c in res.checkpoints:
+        reg.add_artifact(ctx.run_id, "train", f"checkpoint:{strategy}", c, None,
+                         meta={"val_loss": res.val_loss.get(str(c)), "rank": rank.get(str(c))})
+    return {"strategy": strategy, "out_dir": str(out_dir), "top": [str(c) for c in top], "log": str(res.log_path)}
+
+
+def evaluate_checkpoint(ctx: RunContext, strategy: str, checkpoint: str, rank: int, model_label: str,
+                        benchmarks: dict[str, str | None]) -> list[dict]:
+    """Average Pass@1 with N repeats on every benchmark, recorded in the registry."""
+    from undercurve.evaluate import run_eval
+
+    e = ctx.settings.eval
+    work_dir = ctx.stage_dir("eval") / strategy / Path(checkpoint).name
+    log.info("eval %s %s (rank %d): %s, %d repeats (log: %s)", strategy, Path(checkpoint).name, rank,
+             ", ".join(benchmarks), e.repeats, work_dir / "eval.log")
+    res = run_eval(checkpoint, benchmarks, e.repeats, e.settings, work_dir=work_dir)
+    rows = res.to_rows(model=model_label, strategy=strategy, checkpoint_rank=rank)
+    frame = pl.DataFrame([{k: r[k] for k in ("model", "strategy", "checkpoint_rank", "benchmark", "pass1_mean",
+                                             "pass1_std", "n_repeats")} | {"checkpoint": checkpoint} for r in rows])
+    ctx.registry.add_rows("eval_results", ctx.run_id, frame)
+    for r in rows:
+        ctx.registry.add_artifact(ctx.run_id, "eval", f"eval_report:{strategy}:{r['benchmark']}", r["report_path"], None,
+                                  meta={"checkpoint": checkpoint, "rank": rank, "pass1": r["pass1_mean"]})
+    return rows
+
+
+def comparison_report(ctx: RunContext, rows: list[dict]) -> dict:
+    """Table 3: random absolute, other strategies as deltas; Markdown + CSV on disk."""
+    from undercurve.report import comparison_table, to_markdown, write_report
+
+    table = comparison_table(pl.DataFrame(rows))
+    md_path, csv_path = write_report(table, ctx.stage_dir("report"))
+    ctx.registry.add_artifact(ctx.run_id, "report", "comparison_md", md_path, table.height)
+    ctx.registry.add_artifact(ctx.run_id, "report", "comparison_csv", csv_path, table.height)
+    return {"markdown": to_markdown(table), "md_path": str(md_path), "csv_path": str(csv_path)}

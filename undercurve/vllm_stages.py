@@ -1,0 +1,84 @@
+"""Stage-level vLLM work: shard the input, run ONE worker job with one step per shard.
+
+One job builds the engine once; the worker skips steps whose outputs exist with the same
+fingerprint, so a killed run, rerun, redoes only the unfinished shards.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import polars as pl
+
+from undercurve.io import iter_shards, write_parquet_atomic
+from undercurve.schema import SET_ASIDE_SCHEMA
+from undercurve.vllm_runtime import run_vllm_job
+
+log = logging.getLogger("undercurve")
+
+
+def _write_input_shards(df: pl.DataFrame, out_dir: Path, shard_size: int, columns: list[str]) -> list[Path]:
+    paths = []
+    for i, shard in iter_shards(df.select(columns), shard_size):
+        path = out_dir / f"input-{i:05d}.parquet"
+        # rewrite only on change: the worker's fingerprint includes the input file's hash
+        if not (path.exists() and pl.read_parquet(path).equals(shard)):
+            write_parquet_atomic(shard, path)
+        paths.append(path)
+    return paths
+
+
+def _engine_opts(settings: dict) -> dict:
+    opts = {"seed": settings.get("seed", 0)}
+    if settings.get("dtype") not in (None, "auto"):
+        opts["dtype"] = settings["dtype"]
+    if settings.get("trust_remote_code"):
+        opts["extra"] = {"trust_remote_code": True}
+    return opts
+
+
+def pass_rate_with_vllm(df: pl.DataFrame, model: str, settings: dict, out_dir: str | Path,
+                        trust_remote_code: bool = False) -> tuple[pl.DataFrame, Path]:
+    """n rollouts per sample; -> (``id, n, n_correct, pass_rate`` per sample, rollouts Parquet)."""
+    out = Path(out_dir)
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    inputs = _write_input_shards(df, out / "shards", settings["shard_size"], ["id", "prompt", "answer"])
+    steps = [{"kind": "rollouts", "name": f"rollouts-{i:05d}", "input": str(p),
+              "output": str(out / "shards" / f"rollouts-{i:05d}.parquet"),
+              "pass_rate_output": str(out / "shards" / f"pass_rate-{i:05d}.parquet"),
+              "n": settings["rollouts"], "temperature": settings["temperature"], "top_p": settings["top_p"],
+              "max_tokens": settings["max_tokens"], "seed": settings["seed"]} for i, p in enumerate(inputs)]
+    log.info("pass_rate: %d samples x %d rollouts in %d shards (vLLM)", df.height, settings["rollouts"], len(steps))
+    if not steps:
+        return pl.DataFrame(schema={"id": pl.Utf8, "n": pl.Int64, "n_correct": pl.Int64, "pass_rate": pl.Float64}), out
+    job = {"model": model, "engine": _engine_opts({**settings, "trust_remote_code": trust_remote_code}), "steps": steps}
+    result = run_vllm_job(job, out, name="rollouts")
+    skipped = sum(s["skipped"] for s in result["steps"])
+    log.info("pass_rate: %d shards done, %d of them already finished before this run", len(steps), skipped)
+    rollouts = pl.concat([pl.read_parquet(s["output"]) for s in steps])
+    rollouts_path = write_parquet_atomic(rollouts, out / "rollouts.parquet")
+    rates = pl.concat([pl.read_parquet(s["pass_rate_output"]) for s in steps])
+    return rates, rollouts_path
+
+
+def score_with_vllm(df: pl.DataFrame, settings: dict, out_dir: str | Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The paper's top-K path; -> (scores, set-aside rows)."""
+    out = Path(out_dir)
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    inputs = _write_input_shards(df, out / "shards", settings["shard_size"], ["id", "source", "prompt", "response", "answer"])
+    keys = ("mode", "top_k", "answer_prefix_tokens", "edis_window", "edis_tau_burst", "edis_tau_rebound")
+    steps = [{"kind": "score", "name": f"score-{i:05d}", "input": str(p),
+              "output": str(out / "shards" / f"scores-{i:05d}.parquet"),
+              "set_aside_output": str(out / "shards" / f"set_aside-{i:05d}.parquet"),
+              **{k: settings[k] for k in keys}} for i, p in enumerate(inputs)]
+    if not steps:
+        from undercurve.scoring.score import SCORE_SCHEMA
+
+        return pl.DataFrame(schema=SCORE_SCHEMA), pl.DataFrame(schema=SET_ASIDE_SCHEMA)
+    job = {"model": settings["model"], "engine": _engine_opts(settings), "steps": steps}
+    log.info("score: %d samples in %d shards (vLLM top-%d, %s)", df.height, len(steps), settings["top_k"], settings["mode"])
+    run_vllm_job(job, out, name="score")
+    scores = pl.concat([pl.read_parquet(s["output"]) for s in steps], how="diagonal_relaxed")
+    aside = pl.concat([pl.read_parquet(s["set_aside_output"]) for s in steps], how="diagonal_relaxed")
+    return scores, aside
