@@ -19,8 +19,11 @@ def train_eval(config: str | None = "configs/demo.yaml", overrides: dict | None 
     inputs = c.prepare_inputs(ctx)
     source_run, selections = t.find_selections(ctx, curate_run_id)
     benchmarks = t.resolve_benchmarks(ctx, inputs["demo_benchmark"])
-    rows, failed = [], []
+    rows, failed, skipped = [], [], []
     for strategy, jsonl in selections.items():  # sequential: one accelerator
+        if not t.has_rows(jsonl):
+            skipped.append(strategy)  # e.g. pass_rate when every sample passed 0/4 or 4/4
+            continue
         trained = t.train(ctx, strategy, jsonl, inputs["model"], return_state=True)
         if trained.is_failed():
             failed.append(strategy)
@@ -32,7 +35,7 @@ def train_eval(config: str | None = "configs/demo.yaml", overrides: dict | None 
             else:
                 rows += ev.result()
     report = t.report(ctx, rows) if rows else {}
-    summary = {"curate_run_id": source_run, "failed": failed, **report}
+    summary = {"curate_run_id": source_run, "failed": failed, "skipped_empty": skipped, **report}
     c.finish_run_status(ctx, "FAILED" if failed else "COMPLETED", summary)
     if failed:
         raise RuntimeError(f"train/eval failed for {failed}; results of the others are in the registry")

@@ -21,6 +21,11 @@ def resolve_benchmarks(ctx: RunContext, demo_benchmark: str | None) -> dict[str,
     return train_stages.resolve_benchmarks(ctx, demo_benchmark)
 
 
+def has_rows(jsonl: str) -> bool:
+    with open(jsonl, encoding="utf-8") as fh:
+        return any(line.strip() for line in fh)
+
+
 @task(name="sft", task_run_name="sft-{strategy}", **_opts)
 def train(ctx: RunContext, strategy: str, jsonl: str, model: str) -> dict:
     return train_stages.train_strategy(ctx, strategy, jsonl, model)

@@ -30,3 +30,25 @@ def tiny_model(tmp_path_factory) -> Path:
     from undercurve.tiny_model import build_tiny_qwen2
 
     return build_tiny_qwen2(tmp_path_factory.mktemp("models") / "tiny-qwen2", TINY_TEXTS * 20, vocab_size=400)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect server (SQLite) for the whole session: flows run for real."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def demo_overrides(workdir, **extra) -> dict:
+    """The embedded demo config, made smaller for tests."""
+    base = {
+        "workdir": str(workdir),
+        "corpus.demo_size": 20,
+        "scoring.shard_size": 6,
+        "pass_rate.max_tokens": 12,
+        "pass_rate.shard_size": 8,
+        "selection.budget": 6,
+    }
+    return {**base, **extra}

@@ -1,0 +1,124 @@
+"""Run vLLM work from the main environment: a subprocess in the separate vLLM venv.
+
+vLLM pins fastapi<0.137 and Prefect needs >=0.139 (docs/ARCHITECTURE.md), so nothing here
+imports vllm. A *job* is one JSON file holding the model, engine options and a list of
+steps; ``python -m undercurve.vllm_worker job.json`` builds one engine and runs every
+step, so several stages pay the engine start-up once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections import deque
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# In-process engine on CPU (no engine-core subprocess, no thread pinning on a shared box);
+# these are harmless on GPU machines, and CUDA_VISIBLE_DEVICES is left as the caller set it.
+VLLM_ENV_DEFAULTS = {
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+}
+
+
+class VllmEnvironmentMissing(RuntimeError):
+    """The separate vLLM interpreter is not installed."""
+
+
+def vllm_python() -> Path:
+    """The interpreter of the vLLM environment: $UNDERCURVE_VLLM_PYTHON, else .venv-vllm."""
+    override = os.environ.get("UNDERCURVE_VLLM_PYTHON")
+    path = Path(override) if override else REPO_ROOT / ".venv-vllm" / "bin" / "python"
+    if not path.exists():
+        where = "$UNDERCURVE_VLLM_PYTHON" if override else "the default location"
+        raise VllmEnvironmentMissing(
+            f"vLLM interpreter not found at {path} ({where}). Run `make setup` to create "
+            f".venv-vllm, or set UNDERCURVE_VLLM_PYTHON to a Python with vllm installed."
+        )
+    return path
+
+
+def worker_env(extra: dict | None = None) -> dict:
+    env = dict(os.environ)
+    for k, v in VLLM_ENV_DEFAULTS.items():
+        env.setdefault(k, v)
+    # the worker imports undercurve from this checkout, not from an installed copy
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def run_vllm_job(
+    job: dict,
+    workdir: str | Path,
+    *,
+    name: str = "job",
+    timeout: float | None = None,
+    echo: bool = False,
+    env: dict | None = None,
+) -> dict:
+    """Run ``job`` in the vLLM environment and return the worker's result dict.
+
+    Writes ``<workdir>/<name>.json``; the worker's stdout+stderr go to ``<workdir>/<name>.log``
+    (also echoed to our stdout when ``echo``) and its result to ``<workdir>/<name>.result.json``.
+    Raises RuntimeError with the log tail and path when the worker fails.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    job_path = workdir / f"{name}.json"
+    log_path = workdir / f"{name}.log"
+    result_path = workdir / f"{name}.result.json"
+    job = {**job, "result_path": str(result_path)}
+    job_path.write_text(json.dumps(job, indent=2, default=str))
+    result_path.unlink(missing_ok=True)
+
+    cmd = [str(vllm_python()), "-m", "undercurve.vllm_worker", str(job_path)]
+    tail: deque[str] = deque(maxlen=60)
+    with open(log_path, "w", encoding="utf-8") as log:
+        log.write("$ " + " ".join(cmd) + "\n")
+        log.flush()
+        proc = subprocess.Popen(
+            cmd,
+            cwd=REPO_ROOT,
+            env=worker_env(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+        )
+        # a timer, not wait(timeout): the read loop below blocks until the worker closes stdout
+        timer = threading.Timer(timeout, proc.kill) if timeout else None
+        if timer:
+            timer.start()
+        try:
+            for line in proc.stdout:  # tee: the log file keeps everything, we keep a tail
+                log.write(line)
+                log.flush()
+                tail.append(line)
+                if echo:
+                    sys.stdout.write(line)
+            rc = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            if timer:
+                timer.cancel()
+    if rc != 0 or not result_path.exists():
+        raise RuntimeError(
+            f"vLLM worker failed (exit code {rc}); full log: {log_path}\n--- log tail ---\n" + "".join(tail)
+        )
+    return json.loads(result_path.read_text())
