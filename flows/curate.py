@@ -11,6 +11,13 @@ from undercurve.config import load_settings
 from undercurve.io import run_lock
 
 
+@flow(name="score-shards")
+def score_shards(ctx, shards: list, model: str) -> list[bool]:
+    """Fan the scoring shards out over the task runner (threads, or Dask workers)."""
+    futures = [t.score_shard.submit(ctx, shard, model) for shard in shards]
+    return [f.result() for f in futures]  # raises if a shard failed after its retry
+
+
 @flow(name="curate")
 def curate(config: str | None = "configs/demo.yaml", overrides: dict | None = None) -> dict:
     settings = load_settings(config, overrides)
@@ -24,8 +31,14 @@ def curate(config: str | None = "configs/demo.yaml", overrides: dict | None = No
             cap = t.length_cap(ctx, dec, inputs["model"])
             results += [ing, dec, cap]
             strategies = settings.selection.strategies
-            # One accelerator: the two model stages run one after the other.
-            scores = t.score(ctx, cap, inputs["model"]) if "eas" in strategies else None
+            # The two model stages run one after the other (one accelerator each time).
+            scores = None
+            if "eas" in strategies and settings.scoring.engine == "torch":
+                shards = t.score_plan(ctx, cap, inputs["model"])
+                score_shards.with_options(task_runner=t.shard_runner(settings.scoring))(ctx, shards, inputs["model"])
+                scores = t.score_merge(ctx, cap, shards)
+            elif "eas" in strategies:
+                scores = t.score(ctx, cap, inputs["model"])
             rates = (t.pass_rate(ctx, cap, inputs["model"])
                      if "pass_rate" in strategies and settings.pass_rate.enabled else None)
             results += [r for r in (scores, rates) if r is not None]

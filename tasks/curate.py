@@ -12,7 +12,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from undercurve import stages
-from undercurve.config import Settings
+from undercurve.config import ScoringSettings, Settings
+from undercurve.io import Shard
 from undercurve.registry import Registry
 from undercurve.stages import RunContext, StageResult
 
@@ -56,7 +57,23 @@ def length_cap(ctx: RunContext, prev: StageResult, model: str) -> StageResult:
 
 @task(name="score-eas", retries=1, **_opts)
 def score(ctx: RunContext, prev: StageResult, model: str) -> StageResult:
+    """The whole scoring stage in one task (the vLLM engine: one worker job)."""
     return stages.score_stage(ctx, prev, model)
+
+
+@task(name="score-plan", **_opts)
+def score_plan(ctx: RunContext, prev: StageResult, model: str) -> list[Shard]:
+    return stages.score_plan(ctx, prev, model)
+
+
+@task(name="score-shard", task_run_name="score-shard-{shard.index}", retries=1, **_opts)
+def score_shard(ctx: RunContext, shard: Shard, model: str) -> bool:
+    return stages.score_shard(ctx, shard, model)
+
+
+@task(name="score-merge", **_opts)
+def score_merge(ctx: RunContext, prev: StageResult, shards: list[Shard]) -> StageResult:
+    return stages.score_merge(ctx, prev, shards)
 
 
 @task(name="pass-rate", retries=1, **_opts)
@@ -88,6 +105,20 @@ def finish_run(ctx: RunContext, status: str, results: list[StageResult]) -> dict
 def finish_run_status(ctx: RunContext, status: str, summary: dict) -> dict:
     ctx.registry.finish_run(ctx.run_id, status, summary)
     return summary
+
+
+def shard_runner(sc: ScoringSettings):
+    """Task runner for the scoring shards: sequential in-process, or a Dask cluster."""
+    if sc.workers <= 1 and not sc.dask_address:
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=1)  # one model in memory, all cores to torch
+    from prefect_dask import DaskTaskRunner
+
+    if sc.dask_address:
+        return DaskTaskRunner(address=sc.dask_address)
+    return DaskTaskRunner(cluster_class=sc.dask_cluster_class or "distributed.LocalCluster",
+                          cluster_kwargs={"n_workers": sc.workers, "threads_per_worker": 1, "processes": True})
 
 
 def _report_markdown(report: dict) -> str:

@@ -3,8 +3,15 @@ import multiprocessing as mp
 import polars as pl
 import pytest
 
-from undercurve.io import RunLocked, run_lock, run_sharded
+from undercurve.io import RunLocked, plan_shards, run_lock, run_shard
 from undercurve.registry import Registry
+
+
+def run_sharded(df, out_dir, size, fn, settings):
+    shards = plan_shards(df, out_dir, size, settings=settings)
+    for s in shards:
+        run_shard(s, fn)
+    return [s.output_path for s in shards]
 
 
 def test_sharded_resume_skips_finished_shards_and_drops_stale(tmp_path):

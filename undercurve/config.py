@@ -59,6 +59,12 @@ class ScoringSettings(_Strict):
     device: str = "auto"
     dtype: str = "auto"
     shard_size: int = 64
+    # Scale-out of the torch engine's shards (Dask via prefect-dask): 1 = in the flow process;
+    # N > 1 = a local cluster of N worker processes; or an existing cluster's address
+    # (multi-node), with e.g. dask_cuda.LocalCUDACluster for one worker per GPU.
+    workers: int = 1
+    dask_address: str | None = None
+    dask_cluster_class: str | None = None
     edis_window: int = 8
     edis_tau_burst: float = 1.36
     edis_tau_rebound: float = 1.33

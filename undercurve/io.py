@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -62,44 +63,53 @@ def iter_shards(df: pl.DataFrame, shard_size: int) -> Iterator[tuple[int, pl.Dat
         yield i, df.slice(start, shard_size)
 
 
-def run_sharded(
-    df: pl.DataFrame,
-    out_dir: str | Path,
-    shard_size: int,
-    fn: Callable[[pl.DataFrame], pl.DataFrame],
-    *,
-    settings: dict,
-    on_shard: Callable[[int, int, bool], None] | None = None,
-) -> list[Path]:
-    """Apply ``fn`` shard by shard, writing ``shard-NNNNN.parquet`` atomically.
+@dataclass
+class Shard:
+    """One unit of resumable work: an input file, an output file, and the fingerprint that
+    says whether an existing output belongs to this input and these settings."""
 
-    A shard whose output exists and whose fingerprint (shard content + settings) matches is not
-    recomputed; a stale one (different input or settings) is. ``on_shard(i, n, skipped)``
-    reports progress.
-    """
+    index: int
+    input_path: str
+    output_path: str
+    fingerprint: str
+
+    @property
+    def marker(self) -> Path:
+        return Path(self.output_path).with_suffix(".fp")
+
+    def done(self) -> bool:
+        return Path(self.output_path).exists() and self.marker.exists() and self.marker.read_text() == self.fingerprint
+
+
+def plan_shards(df: pl.DataFrame, out_dir: str | Path, shard_size: int, *, settings: dict) -> list[Shard]:
+    """Split ``df`` into input files ``input-NNNNN.parquet`` (rewritten only when changed) with
+    their output names ``shard-NNNNN.parquet``; outputs of shards that no longer exist go."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    n = (df.height + shard_size - 1) // shard_size
-    paths = []
-    for i, shard in iter_shards(df, shard_size):
-        path = out / f"shard-{i:05d}.parquet"
+    shards = []
+    for i, part in iter_shards(df, shard_size):
+        inp = out / f"input-{i:05d}.parquet"
+        if not (inp.exists() and pl.read_parquet(inp).equals(part)):
+            write_parquet_atomic(part, inp)
         # content, not just ids: an edited sample with the same id must be recomputed
-        content = hashlib.sha256(shard.write_csv().encode()).hexdigest()
-        fp = fingerprint({"content": content, "settings": settings})
-        marker = out / f"shard-{i:05d}.fp"
-        done = path.exists() and marker.exists() and marker.read_text() == fp
-        if not done:
-            write_parquet_atomic(fn(shard), path)
-            write_text_atomic(fp, marker)
-        paths.append(path)
-        if on_shard:
-            on_shard(i, n, done)
-    # shards from an earlier, larger input must not leak into the result
-    keep = {p.name for p in paths}
-    for stale in out.glob("shard-*.parquet"):
+        content = hashlib.sha256(part.write_csv().encode()).hexdigest()
+        shards.append(Shard(i, str(inp), str(out / f"shard-{i:05d}.parquet"),
+                            fingerprint({"content": content, "settings": settings})))
+    keep = {Path(s.output_path).name for s in shards} | {Path(s.input_path).name for s in shards}
+    for stale in [*out.glob("shard-*.parquet"), *out.glob("input-*.parquet")]:
         if stale.name not in keep:
             stale.unlink()
-    return paths
+    return shards
+
+
+def run_shard(shard: Shard, fn: Callable[[pl.DataFrame], pl.DataFrame]) -> bool:
+    """Compute one shard unless done; returns True if it was skipped. The marker is written
+    last, so a shard killed half way is simply recomputed."""
+    if shard.done():
+        return True
+    write_parquet_atomic(fn(pl.read_parquet(shard.input_path)), shard.output_path)
+    write_text_atomic(shard.fingerprint, shard.marker)
+    return False
 
 
 class RunLocked(RuntimeError):

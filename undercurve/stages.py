@@ -8,14 +8,17 @@ records both in the registry (with lineage to the input artifact) and returns a 
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import polars as pl
 
 from undercurve.config import Settings
-from undercurve.io import run_sharded, write_parquet_atomic
+from undercurve.io import Shard, plan_shards, run_shard, write_parquet_atomic
 from undercurve.registry import Registry
 from undercurve.schema import SET_ASIDE_SCHEMA
 
@@ -135,34 +138,80 @@ def length_cap_stage(ctx: RunContext, prev: StageResult, model: str) -> StageRes
     return _finish(ctx, "length_cap", kept, aside, df.height, prev, extra={"max_tokens": ctx.settings.max_tokens})
 
 
-def score_stage(ctx: RunContext, prev: StageResult, model: str) -> StageResult:
-    """EAS/EDIS/PPL per sample, shard by shard; finished shards are not recomputed."""
+def _score_settings(ctx: RunContext, model: str) -> dict:
     sc = ctx.settings.scoring
-    settings = {**sc.model_dump(), "model": model, "trust_remote_code": ctx.settings.model.trust_remote_code}
+    keep = ("engine", "mode", "answer_prefix_tokens", "top_k", "batch_tokens", "device", "dtype",
+            "edis_window", "edis_tau_burst", "edis_tau_rebound", "shard_size")
+    return {**{k: getattr(sc, k) for k in keep}, "model": model,
+            "trust_remote_code": ctx.settings.model.trust_remote_code}
+
+
+def score_plan(ctx: RunContext, prev: StageResult, model: str) -> list[Shard]:
+    """Shards of the exact torch scorer; each can run on any worker, in any order."""
+    settings = _score_settings(ctx, model)
     df = pl.read_parquet(prev.path)
-    d = ctx.stage_dir("score")
+    shards = plan_shards(df, ctx.stage_dir("score") / "shards", settings["shard_size"], settings=settings)
+    done = sum(s.done() for s in shards)
+    log.info("score: %d samples in %d shards, %d already done", df.height, len(shards), done)
+    return shards
 
-    if sc.engine == "vllm":  # the paper's top-K path, in the vLLM environment
-        from undercurve.vllm_stages import score_with_vllm
 
-        scores, aside = score_with_vllm(df, settings, d / "vllm")
-        n_shards = (df.height + sc.shard_size - 1) // sc.shard_size
-    else:
-        from undercurve.scoring.score import score_frame
+@functools.lru_cache(maxsize=1)
+def _torch_scorer(settings_json: str):
+    """One loaded model per process (a worker scores many shards with it)."""
+    from undercurve.scoring.torch_engine import TorchScorer
 
-        def fn(shard: pl.DataFrame) -> pl.DataFrame:
-            scores, aside_rows = score_frame(shard, settings)
-            return _with_aside(scores, aside_rows)
+    s = json.loads(settings_json)
+    return TorchScorer(s["model"], device=s["device"], dtype=s["dtype"], batch_tokens=s["batch_tokens"],
+                       edis_window=s["edis_window"], edis_tau_burst=s["edis_tau_burst"],
+                       edis_tau_rebound=s["edis_tau_rebound"])
 
-        def progress(i: int, n: int, skipped: bool) -> None:
-            log.info("score: shard %d/%d %s", i + 1, n, "already done, skipped" if skipped else "done")
 
-        shards = run_sharded(df, d / "shards", sc.shard_size, fn, settings=settings, on_shard=progress)
-        both = pl.concat([pl.read_parquet(p) for p in shards], how="diagonal_relaxed") if shards else pl.DataFrame()
-        scores, aside = _split_aside(both, "score")
-        n_shards = len(shards)
+def score_shard(ctx: RunContext, shard: Shard, model: str) -> bool:
+    """Score one shard (skipped if already done); returns True when skipped."""
+    from undercurve.scoring.score import score_frame
+
+    settings = _score_settings(ctx, model)
+    scorer_key = json.dumps({k: settings[k] for k in ("model", "device", "dtype", "batch_tokens", "edis_window",
+                                                      "edis_tau_burst", "edis_tau_rebound")}, sort_keys=True)
+
+    def fn(part: pl.DataFrame) -> pl.DataFrame:
+        scores, aside_rows = score_frame(part, settings, scorer=_torch_scorer(scorer_key))
+        return _with_aside(scores, aside_rows)
+
+    t0 = time.perf_counter()
+    skipped = run_shard(shard, fn)
+    log.info("score: shard %d %s", shard.index, "already done, skipped" if skipped else
+             f"scored in {time.perf_counter() - t0:.1f}s")
+    return skipped
+
+
+def score_merge(ctx: RunContext, prev: StageResult, shards: list[Shard]) -> StageResult:
+    missing = [s.index for s in shards if not s.done()]
+    if missing:
+        raise RuntimeError(f"score: shards {missing} are not finished")
+    parts = [pl.read_parquet(s.output_path) for s in shards]
+    scores, aside = _split_aside(pl.concat(parts, how="diagonal_relaxed") if parts else pl.DataFrame(), "score")
+    return _finish(ctx, "score", scores, aside, prev.rows_out, prev, kind="scores",
+                   extra={"engine": "torch", "mode": ctx.settings.scoring.mode, "shards": len(shards)})
+
+
+def score_stage(ctx: RunContext, prev: StageResult, model: str) -> StageResult:
+    """EAS/EDIS/PPL per sample; finished shards are not recomputed. In-process for the torch
+    engine (the flow fans shards out itself), one worker job for the vLLM engine."""
+    if ctx.settings.scoring.engine == "torch":
+        shards = score_plan(ctx, prev, model)
+        for shard in shards:
+            score_shard(ctx, shard, model)
+        return score_merge(ctx, prev, shards)
+    from undercurve.vllm_stages import score_with_vllm  # the paper's top-K path
+
+    settings = _score_settings(ctx, model)
+    df = pl.read_parquet(prev.path)
+    scores, aside = score_with_vllm(df, settings, ctx.stage_dir("score") / "vllm")
+    n_shards = (df.height + settings["shard_size"] - 1) // settings["shard_size"]
     return _finish(ctx, "score", scores, aside, df.height, prev, kind="scores",
-                   extra={"engine": sc.engine, "mode": sc.mode, "shards": n_shards})
+                   extra={"engine": "vllm", "mode": settings["mode"], "top_k": settings["top_k"], "shards": n_shards})
 
 
 def pass_rate_stage(ctx: RunContext, prev: StageResult, model: str) -> StageResult:
