@@ -74,7 +74,7 @@ def build_tiny_qwen2(
         num_key_value_heads=kv_heads,
         head_dim=hidden_size // heads,
         max_position_embeddings=32768,
-        tie_word_embeddings=True,
+        tie_word_embeddings=False,  # a tied head predicts the input token with p ~ 1
         bos_token_id=None,
         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
         pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
