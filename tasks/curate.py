@@ -6,6 +6,8 @@ would still "hit". Resumption is done by the stages themselves, shard by shard.
 
 from __future__ import annotations
 
+import json
+
 import tasks  # noqa: F401  (logging environment before Prefect loads)
 from prefect import get_run_logger, runtime, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -124,7 +126,10 @@ def shard_runner(sc: ScoringSettings):
 def _report_markdown(report: dict) -> str:
     lines = ["# Contamination report", "", "| benchmark | method | removed |", "|---|---|---|"]
     for row in report.get("counts", []):
-        lines.append(f"| {row.get('benchmark')} | {row.get('method')} | {row.get('n')} |")
+        lines.append(f"| {row['benchmark']} | {row['method']} | {row['count']} |")
+    if report.get("examples"):
+        lines += ["", "## Examples", ""]
     for ex in report.get("examples", [])[:5]:
-        lines.append(f"\n- `{ex.get('id')}` ~ {ex.get('benchmark')}/{ex.get('benchmark_item_id')}: {ex.get('evidence')}")
+        lines.append(f"- `{ex['id']}` ({ex['method']}) ~ {ex['benchmark']}/{ex['benchmark_item_id']}: "
+                     f"`{json.dumps(ex['evidence'])[:300]}`")
     return "\n".join(lines)

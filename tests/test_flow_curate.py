@@ -77,7 +77,8 @@ def test_prefect_recorded_each_stage_as_a_task_run(curated):
             return {t.name.rsplit("-", 1)[0] if not t.name.startswith("select-") else t.name for t in tasks}
 
     names = asyncio.run(task_names())
-    assert {"ingest", "decontaminate", "length-cap", "score-eas", "pass-rate", "select-eas", "select-random"} <= names
+    assert {"ingest", "decontaminate", "length-cap", "score-plan", "score-shard", "score-merge", "pass-rate",
+            "select-eas", "select-random"} <= names
 
 
 def test_rerun_resumes_and_gives_identical_selections(curated, prefect_harness):

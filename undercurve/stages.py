@@ -120,10 +120,14 @@ def decontaminate_stage(ctx: RunContext, prev: StageResult, demo_benchmark: str 
         settings["local_paths"] = {**settings["local_paths"], "gsm8k": demo_benchmark}
     settings["cache_dir"] = settings.get("cache_dir") or str(Path(ctx.settings.workdir) / "cache" / "decontam")
     kept, removed, report = decontaminate(df, settings)
-    d_out = ctx.stage_dir("decontaminate")
-    audit = write_parquet_atomic(removed, d_out / "removed_audit.parquet")
+    audit = write_parquet_atomic(removed, ctx.stage_dir("decontaminate") / "removed_audit.parquet")
     res = _finish(ctx, "decontaminate", kept, removed.select(list(SET_ASIDE_SCHEMA)), df.height, prev,
-                  extra={"report": report, "audit": str(audit)})
+                  extra={"report": report})
+    reg = ctx.registry
+    reg.add_artifact(ctx.run_id, "decontaminate", "contamination_audit", audit, removed.height,
+                     parents=[prev.artifact_id], meta={"columns": removed.columns})
+    counts = pl.DataFrame(report["counts"], schema={"benchmark": pl.Utf8, "method": pl.Utf8, "count": pl.Int64})
+    reg.add_rows("contamination", ctx.run_id, counts.rename({"count": "n"}))
     return res
 
 
