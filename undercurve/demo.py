@@ -12,6 +12,8 @@ import json
 import zlib
 from pathlib import Path
 
+from undercurve.io import write_text_atomic
+
 BROKEN_LINES = [
     '{"messages": [{"role": "user", "content": "truncated record',  # malformed JSON
     json.dumps({"messages": [{"role": "user", "content": "What is 2+2?"},
@@ -58,9 +60,8 @@ def write_demo_inputs(out_dir: str | Path, size: int = 48, seed: int = 0) -> tup
         return corpus, bench
     out.mkdir(parents=True, exist_ok=True)
     held_out = _problems(8, seed + 1000, benchmark=True)
-    with open(bench, "w", encoding="utf-8") as fh:
-        for i, p in enumerate(held_out):
-            fh.write(json.dumps({"id": f"bench-{i}", "question": p["question"], "answer": p["metadata"]["answer_cot"]}) + "\n")
+    bench_lines = [json.dumps({"id": f"bench-{i}", "question": p["question"], "answer": p["metadata"]["answer_cot"]})
+                   for i, p in enumerate(held_out)]
     lines = []
     for i, p in enumerate(_problems(size, seed, benchmark=False)):
         cot, ans = p["metadata"]["answer_cot"], str(p["answer"])
@@ -72,9 +73,9 @@ def write_demo_inputs(out_dir: str | Path, size: int = 48, seed: int = 0) -> tup
         lines.append(json.dumps(_am_record(f"leak-{j}", p["question"], p["metadata"]["answer_cot"], str(p["answer"]))))
     lines += BROKEN_LINES
     lines.append(lines[0])  # duplicate id
-    tmp = corpus.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tmp.replace(corpus)
+    # atomic: concurrent runs may prepare the same demo inputs
+    write_text_atomic("\n".join(bench_lines) + "\n", bench)
+    write_text_atomic("\n".join(lines) + "\n", corpus)
     return corpus, bench
 
 

@@ -92,7 +92,8 @@ def prepare_inputs(ctx: RunContext) -> dict:
     if source == "demo":
         from undercurve.demo import tokenizer_texts, write_demo_inputs
 
-        corpus, bench = write_demo_inputs(Path(s.workdir) / "demo", s.corpus.demo_size, s.corpus.seed)
+        corpus, bench = write_demo_inputs(Path(s.workdir) / "demo-inputs" / f"n{s.corpus.demo_size}-seed{s.corpus.seed}",
+                                          s.corpus.demo_size, s.corpus.seed)
         source, texts = str(corpus), tokenizer_texts(corpus)
     model_dir = s.model.tiny_dir or str(Path(s.workdir) / "models")
     model = resolve_model(s.model.path, model_dir, texts)
