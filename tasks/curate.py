@@ -7,6 +7,7 @@ would still "hit". Resumption is done by the stages themselves, shard by shard.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 
 import tasks  # noqa: F401  (logging environment before Prefect loads)
 from prefect import get_run_logger, runtime, task
@@ -57,10 +58,24 @@ def length_cap(ctx: RunContext, prev: StageResult, model: str) -> StageResult:
     return stages.length_cap_stage(ctx, prev, model)
 
 
+@contextmanager
+def accelerator(ctx: RunContext):
+    """Hold the configured global concurrency limit (if any) while using the GPU."""
+    name = ctx.settings.gpu_concurrency_limit
+    if not name:
+        yield
+        return
+    from prefect.concurrency.sync import concurrency
+
+    with concurrency(name, occupy=1, strict=True):
+        yield
+
+
 @task(name="score-eas", retries=1, **_opts)
 def score(ctx: RunContext, prev: StageResult, model: str) -> StageResult:
     """The whole scoring stage in one task (the vLLM engine: one worker job)."""
-    return stages.score_stage(ctx, prev, model)
+    with accelerator(ctx):
+        return stages.score_stage(ctx, prev, model)
 
 
 @task(name="score-plan", **_opts)
@@ -70,7 +85,8 @@ def score_plan(ctx: RunContext, prev: StageResult, model: str) -> list[Shard]:
 
 @task(name="score-shard", task_run_name="score-shard-{shard.index}", retries=1, **_opts)
 def score_shard(ctx: RunContext, shard: Shard, model: str) -> bool:
-    return stages.score_shard(ctx, shard, model)
+    with accelerator(ctx):
+        return stages.score_shard(ctx, shard, model)
 
 
 @task(name="score-merge", **_opts)
@@ -80,7 +96,8 @@ def score_merge(ctx: RunContext, prev: StageResult, shards: list[Shard]) -> Stag
 
 @task(name="pass-rate", retries=1, **_opts)
 def pass_rate(ctx: RunContext, prev: StageResult, model: str) -> StageResult:
-    return stages.pass_rate_stage(ctx, prev, model)
+    with accelerator(ctx):
+        return stages.pass_rate_stage(ctx, prev, model)
 
 
 @task(name="features", **_opts)

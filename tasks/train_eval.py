@@ -8,7 +8,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from undercurve import train_stages
 from undercurve.stages import RunContext
-from tasks.curate import _opts
+from tasks.curate import _opts, accelerator
 
 
 @task(name="find-selections", **_opts)
@@ -28,13 +28,15 @@ def has_rows(jsonl: str) -> bool:
 
 @task(name="sft", task_run_name="sft-{strategy}", **_opts)
 def train(ctx: RunContext, strategy: str, jsonl: str, model: str) -> dict:
-    return train_stages.train_strategy(ctx, strategy, jsonl, model)
+    with accelerator(ctx):
+        return train_stages.train_strategy(ctx, strategy, jsonl, model)
 
 
 @task(name="evaluate", task_run_name="eval-{strategy}-rank{rank}", **_opts)
 def evaluate(ctx: RunContext, strategy: str, checkpoint: str, rank: int, model_label: str,
              benchmarks: dict[str, str | None]) -> list[dict]:
-    return train_stages.evaluate_checkpoint(ctx, strategy, checkpoint, rank, model_label, benchmarks)
+    with accelerator(ctx):
+        return train_stages.evaluate_checkpoint(ctx, strategy, checkpoint, rank, model_label, benchmarks)
 
 
 @task(name="comparison-report", **_opts)

@@ -34,15 +34,30 @@ def _bad_corpus(path: Path) -> int:
     return len(lines)
 
 
+def _create_concurrency_limit(name: str) -> None:
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    async def create():
+        async with get_client() as client:
+            await client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+
+    asyncio.run(create())
+
+
 def test_bad_input_is_set_aside_counted_and_reported(prefect_harness, tmp_path):
     from flows.curate import curate
 
+    _create_concurrency_limit("gpu-test")  # strict: the run fails if the GPU stages cannot take it
     corpus = tmp_path / "bad.jsonl"
     n = _bad_corpus(corpus)
     summary = curate("configs/demo.yaml", {
         "workdir": str(tmp_path), "corpus.source": str(corpus), "max_tokens": 1000,
         "decontam.enabled": False, "pass_rate.enabled": False, "selection.budget": 3,
-        "selection.strategies": ["random", "length", "eas"], "model.tiny_dir": str(tmp_path / "models")})
+        "selection.strategies": ["random", "length", "eas"], "model.tiny_dir": str(tmp_path / "models"),
+        "gpu_concurrency_limit": "gpu-test"})
     acc = summary["accounting"]
     assert acc == {"rows_in": n, "kept": 6, "set_aside": n - 6, "balanced": True}
     aside = pl.concat([pl.read_parquet(p) for p in (tmp_path / "demo").glob("*/set_aside.parquet")])
@@ -75,3 +90,22 @@ def test_two_concurrent_flow_runs_share_the_registry(prefect_harness, tmp_path):
     assert per_run["n"].n_unique() == 1 and per_run.height == 2  # same DAG, same number of artifacts
     sel = reg.query("SELECT run_id, strategy, count(*) AS n FROM selections GROUP BY ALL")
     assert sel.height == 4 and set(sel["n"]) == {12}  # 12 demo problems survive decontamination
+
+
+def test_missing_gpu_concurrency_limit_fails_loudly(prefect_harness):
+    from types import SimpleNamespace
+
+    import pytest
+    from prefect import flow
+
+    from tasks.curate import accelerator
+
+    ctx = SimpleNamespace(settings=SimpleNamespace(gpu_concurrency_limit="no-such-limit"))
+
+    @flow
+    def uses_gpu():
+        with accelerator(ctx):
+            return 1
+
+    with pytest.raises(Exception, match="no-such-limit"):
+        uses_gpu()

@@ -105,6 +105,10 @@ class Settings(_Strict):
     workdir: str = "runs"
     registry: str | None = None  # default: <workdir>/registry.duckdb
     max_tokens: int = 20480  # length cap (prompt + response, chat template applied)
+    # Name of a Prefect global concurrency limit held by every accelerator stage (scoring,
+    # rollouts, SFT, evaluation), e.g. "gpu" made with `prefect gcl create gpu --limit 1`:
+    # concurrent runs on one GPU machine then take turns. strict: a missing limit is an error.
+    gpu_concurrency_limit: str | None = None
     model: ModelSettings = Field(default_factory=ModelSettings)
     corpus: CorpusSettings = Field(default_factory=CorpusSettings)
     decontam: DecontamSettings = Field(default_factory=DecontamSettings)
