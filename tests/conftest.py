@@ -52,3 +52,14 @@ def demo_overrides(workdir, **extra) -> dict:
         "selection.budget": 6,
     }
     return {**base, **extra}
+
+
+def have_vllm() -> bool:
+    """Is the separate vLLM environment installed? (vLLM tests skip cleanly without it.)"""
+    from undercurve.vllm_runtime import VllmEnvironmentMissing, vllm_python
+
+    try:
+        vllm_python()
+        return True
+    except VllmEnvironmentMissing:
+        return False

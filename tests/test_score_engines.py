@@ -2,23 +2,17 @@
 
 import polars as pl
 import pytest
+from conftest import have_vllm
 
 from undercurve.config import load_settings
 from undercurve.ingest import ingest
 from undercurve.registry import Registry
 from undercurve.stages import RunContext, StageResult, score_stage
-from undercurve.vllm_runtime import VllmEnvironmentMissing, vllm_python
 
 
-def _have_vllm() -> bool:
-    try:
-        vllm_python()
-        return True
-    except VllmEnvironmentMissing:
-        return False
 
 
-@pytest.mark.skipif(not _have_vllm(), reason=".venv-vllm missing (make setup)")
+@pytest.mark.skipif(not have_vllm(), reason=".venv-vllm missing (make setup)")
 def test_score_stage_with_torch_and_vllm_engines(tmp_path, tiny_model):
     from undercurve.demo import write_demo_inputs
 

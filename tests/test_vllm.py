@@ -14,6 +14,7 @@ import sys
 import numpy as np
 import polars as pl
 import pytest
+from conftest import have_vllm
 
 from undercurve.answers import is_equivalent
 from undercurve.vllm_runtime import VllmEnvironmentMissing, run_vllm_job, vllm_python
@@ -30,15 +31,9 @@ SAMPLES = [
 ]
 
 
-def _have_vllm() -> bool:
-    try:
-        vllm_python()
-        return True
-    except VllmEnvironmentMissing:
-        return False
 
 
-needs_vllm = pytest.mark.skipif(not _have_vllm(), reason="no .venv-vllm (run `make setup`) and no $UNDERCURVE_VLLM_PYTHON")
+needs_vllm = pytest.mark.skipif(not have_vllm(), reason="no .venv-vllm (run `make setup`) and no $UNDERCURVE_VLLM_PYTHON")
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +52,7 @@ def warm_model(tiny_model, tmp_path_factory):
 @pytest.fixture(scope="session")
 def vllm_job(warm_model, tmp_path_factory):
     """ONE vLLM job for the whole session: rollouts, plain + probe top-K, both full vocab."""
-    if not _have_vllm():
+    if not have_vllm():
         pytest.skip("no .venv-vllm (run `make setup`) and no $UNDERCURVE_VLLM_PYTHON")
     d = tmp_path_factory.mktemp("vllm")
     pl.DataFrame(SAMPLES).write_parquet(d / "samples.parquet")

