@@ -93,3 +93,18 @@ def test_rerun_resumes_and_gives_identical_selections(curated, prefect_harness):
     assert shard.stat().st_mtime_ns == before  # finished shard not recomputed
     for s, data in selections.items():
         assert (workdir / "demo" / "select" / f"{s}.parquet").read_bytes() == data, s
+
+
+def test_cli_inspects_the_registry(curated, capsys):
+    from flows.cli import main
+
+    workdir, summary = curated
+    reg = str(workdir / "registry.duckdb")
+    assert main(["runs", "--registry", reg]) == 0
+    assert summary["run_id"] in capsys.readouterr().out
+    assert main(["show", summary["run_id"], "--registry", reg]) == 0
+    shown = capsys.readouterr().out
+    assert "swift_jsonl:eas" in shown and "contamination:ngram" in shown
+    assert main(["compare", "--registry", reg]) == 0
+    out = capsys.readouterr().out
+    assert "eas" in out and "length" in out  # pass_rate: no eligible sample with the random model

@@ -24,7 +24,8 @@ def select(df: pl.DataFrame, strategy: str, budget: int, seed: int = 0) -> pl.Da
         raise ValueError(f"unknown strategy {strategy!r}; choose from {STRATEGIES}")
     df = df.with_columns(pl.Series("_tie", _tiebreak(df["id"].to_list(), seed), dtype=pl.UInt64))
     if strategy == "random":
-        ranked = df.with_columns(pl.col("_tie").cast(pl.Float64).alias("score")).sort("_tie")
+        # score = the seeded uniform draw in [0, 1) that orders the sample
+        ranked = df.with_columns((pl.col("_tie").cast(pl.Float64) / 2.0**64).alias("score")).sort("_tie")
     elif strategy == "length":  # longest total token length first
         ranked = df.with_columns(pl.col("n_tokens").cast(pl.Float64).alias("score")).sort(
             ["score", "_tie"], descending=[True, False]
