@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import polars as pl
 
@@ -152,12 +152,3 @@ def ingest(source: str, *, split: str = "train", limit: int | None = None) -> tu
         seen.add(sample["id"])
         kept.append(sample)
     return pl.DataFrame(kept, schema=SAMPLE_SCHEMA), set_aside_frame(aside, STAGE)
-
-
-def write_jsonl(records: Iterable[dict], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as fh:
-        for r in records:
-            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-    return path

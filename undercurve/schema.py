@@ -26,10 +26,6 @@ SET_ASIDE_SCHEMA = {
 }
 
 
-def empty_samples() -> pl.DataFrame:
-    return pl.DataFrame(schema=SAMPLE_SCHEMA)
-
-
 def set_aside_frame(rows: list[dict], stage: str) -> pl.DataFrame:
     """Build a set-aside frame; ``rows`` hold id/source/reason/detail."""
     data = [

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import polars as pl
 
-from undercurve.io import iter_shards, write_parquet_atomic
+from undercurve.io import plan_shards, write_parquet_atomic
 from undercurve.schema import SET_ASIDE_SCHEMA
 from undercurve.vllm_runtime import run_vllm_job
 
@@ -19,14 +19,9 @@ log = logging.getLogger("undercurve")
 
 
 def _write_input_shards(df: pl.DataFrame, out_dir: Path, shard_size: int, columns: list[str]) -> list[Path]:
-    paths = []
-    for i, shard in iter_shards(df.select(columns), shard_size):
-        path = out_dir / f"input-{i:05d}.parquet"
-        # rewrite only on change: the worker's fingerprint includes the input file's hash
-        if not (path.exists() and pl.read_parquet(path).equals(shard)):
-            write_parquet_atomic(shard, path)
-        paths.append(path)
-    return paths
+    # the worker fingerprints each step by its input file, and plan_shards rewrites a file
+    # only when its rows change; the worker keeps its own outputs and markers
+    return [Path(s.input_path) for s in plan_shards(df.select(columns), out_dir, shard_size, settings={})]
 
 
 def _engine_opts(settings: dict) -> dict:
