@@ -16,8 +16,12 @@ def test_unbalanced_or_missing_box_is_none():
     assert last_boxed("") is None
 
 
-def test_fbox_and_gsm8k():
-    assert last_boxed("so \\fbox{42}.") == "42"
+def test_fbox_only_when_configured_and_gsm8k():
+    # the paper names only \boxed{; \fbox{ is a setting (answers.box_openers), off by default
+    assert last_boxed("so \\fbox{42}.") is None
+    assert last_boxed("so \\fbox{42}.", ("\\boxed{", "\\fbox{")) == "42"
+    assert extract_answer("\\boxed{1} then \\fbox{2}", ("\\boxed{", "\\fbox{")) == "2"
+    assert extract_answer("\\boxed{1} then \\fbox{2}") == "1"
     assert gsm8k_final("step\n#### 1,234") == "1,234"
     assert gsm8k_final("no marker") is None
     assert extract_answer("blah\n#### 7") == "7"

@@ -2,7 +2,13 @@
 
 Reference: for every t build the probe context C_t = prompt + x_1..x_t + suffix explicitly,
 run one plain HF forward pass (eager attention, no cache, no mask), softmax over the full
-vocabulary in float64, entropy in bits. The engine must agree to 1e-4 bits.
+vocabulary in float64, entropy in bits.
+
+Tolerances (SPEC section 4): the engine computes in fp32, and a different batching, chunking
+or CPU changes the summation order, which moves an entropy of a few bits over V terms by
+~1e-5 bits. So every per-position entropy is compared at ATOL = 1e-4 bits, every sum of n
+positions at n * ATOL, every mean at ATOL. A real indexing, masking or position error moves
+entropies by > 0.05 bits (asserted below), so these bounds still catch it.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import torch
 from undercurve.scoring.score import SCORE_SCHEMA, score_frame
 from undercurve.scoring.torch_engine import TorchScorer
 from undercurve.scoring.trajectory import build_trajectory
+
+ATOL = 1e-4  # bits per position, fp32 vs float64 reference (see the module docstring)
 
 SAMPLES = [
     {"id": "a", "prompt": "Tom has 3 apples and buys 4 more. How many apples does Tom have?",
@@ -130,18 +138,20 @@ def test_probe_and_plain_match_reference(models, tokenizer, which, k):
         ref_suffix, ref_plain, ref_ppl = reference(ref_model, traj)
         got = np.array(row["suffix_entropy"])
         assert got.shape == (traj.T - 1, len(traj.suffix_ids))
-        np.testing.assert_allclose(got, ref_suffix, atol=1e-4, rtol=0)
-        np.testing.assert_allclose(row["entropy"], ref_suffix[:, -1], atol=1e-4, rtol=0)
-        assert row["eas"] == pytest.approx(ref_suffix[:, -1].sum(), abs=1e-3)
-        assert row["mean_eas"] == pytest.approx(ref_suffix[:, -1].mean(), abs=1e-4)
+        n = traj.T - 1
+        np.testing.assert_allclose(got, ref_suffix, atol=ATOL, rtol=0)
+        np.testing.assert_allclose(row["entropy"], ref_suffix[:, -1], atol=ATOL, rtol=0)
+        assert row["eas"] == pytest.approx(ref_suffix[:, -1].sum(), abs=n * ATOL)
+        assert row["mean_eas"] == pytest.approx(ref_suffix[:, -1].mean(), abs=ATOL)
         for r in (row, prow):
-            np.testing.assert_allclose(r["plain_entropy"], ref_plain, atol=1e-4, rtol=0)
-            assert math.log(r["ppl"]) == pytest.approx(math.log(ref_ppl), abs=1e-4)
+            np.testing.assert_allclose(r["plain_entropy"], ref_plain, atol=ATOL, rtol=0)
+            # log PPL is a mean of fp32 log-probs (nats, magnitude < 10): 1e-4 like an entropy
+            assert math.log(r["ppl"]) == pytest.approx(math.log(ref_ppl), abs=ATOL)
             assert (r["T"], r["length"]) == (traj.T, len(traj.response_ids))
         # plain mode: EAS over the response's own next-token entropies, no suffix
         assert prow["suffix_entropy"] is None
-        np.testing.assert_allclose(prow["entropy"], ref_plain[:-1], atol=1e-4, rtol=0)
-        assert prow["eas"] == pytest.approx(ref_plain[:-1].sum(), abs=1e-3)
+        np.testing.assert_allclose(prow["entropy"], ref_plain[:-1], atol=ATOL, rtol=0)
+        assert prow["eas"] == pytest.approx(ref_plain[:-1].sum(), abs=n * ATOL)
         # the probe really changes the distribution (else the comparison would prove little)
         assert np.abs(ref_suffix[:, -1] - ref_plain[:-1]).max() > 0.05
         assert np.ptp(ref_suffix[:, -1]) > 0.5
@@ -152,21 +162,26 @@ def test_batching_and_chunking_do_not_change_results(models, tokenizer):
     trajs = _trajs(tokenizer, 1)
     one = TorchScorer(model, device="cpu", chunk_positions=10_000, probe_chunk=10_000, batch_tokens=1)
     many = TorchScorer(model, device="cpu", chunk_positions=1, probe_chunk=1, batch_tokens=10_000)
+    # fp32 summation order differs between the two: 1e-4 bits per position (module docstring);
+    # a batching bug (a sample seeing another's tokens) moves entropies by far more
     for a, b in zip(one.score(trajs), many.score(trajs)):
-        np.testing.assert_allclose(a["suffix_entropy"], b["suffix_entropy"], atol=1e-5)
-        np.testing.assert_allclose(a["plain_entropy"], b["plain_entropy"], atol=1e-5)
+        np.testing.assert_allclose(a["suffix_entropy"], b["suffix_entropy"], atol=ATOL, rtol=0)
+        np.testing.assert_allclose(a["plain_entropy"], b["plain_entropy"], atol=ATOL, rtol=0)
 
 
 def test_edis_columns_come_from_plain_trajectory(models, tokenizer):
-    from undercurve import metrics
+    from undercurve import eas
 
     model, _ = models["tiny"]
     trajs = _trajs(tokenizer, 0)
-    scorer = TorchScorer(model, device="cpu", edis_window=2, edis_tau_burst=0.1, edis_tau_rebound=0.1)
+    params = eas.EdisParams(window=2, tau_burst=0.1, tau_rebound=0.1, units="nats")
+    scorer = TorchScorer(model, device="cpu", edis=params)
     for row in scorer.score(trajs, mode="probe"):
-        e = metrics.edis(row["plain_entropy"], window=2, tau_burst=0.1, tau_rebound=0.1)
+        e = eas.edis(row["plain_entropy"], params)
         assert (row["edis_burst"], row["edis_rebound"]) == (e.burst, e.rebound)
-        assert row["edis"] == pytest.approx(e.score) and row["edis_var"] == pytest.approx(e.var)
+        # the same float64 reduction of the same stored values: equal up to float64 rounding
+        assert row["edis"] == pytest.approx(e.score, rel=1e-12) and row["edis_var"] == pytest.approx(e.var, rel=1e-12)
+        assert (row["edis_units"], row["edis_exact"]) == ("nats", True)
     assert any(r["edis"] > 0 for r in scorer.score(trajs, mode="plain"))
 
 
@@ -208,7 +223,8 @@ def test_score_frame(tiny_model):
     assert scores["id"].to_list() == ["a", "b"] and scores["engine"].to_list() == ["torch", "torch"]
     assert aside == [{"id": "z", "source": "s", "reason": "no_boxed_answer", "detail": "no answer here"}]
     assert all(len(e) == T - 1 for e, T in zip(scores["entropy"].to_list(), scores["T"].to_list()))
-    assert scores["eas"].to_list() == pytest.approx([sum(e) for e in scores["entropy"].to_list()])
+    # EAS is the float64 sum of the stored per-position entropies: float64 rounding only
+    assert scores["eas"].to_list() == pytest.approx([sum(e) for e in scores["entropy"].to_list()], rel=1e-12)
     plain, _ = score_frame(df, {**settings, "mode": "plain"})
     assert plain["suffix_entropy"].to_list() == [None, None]
     with pytest.raises(NotImplementedError):
@@ -225,6 +241,8 @@ def test_entropy_kernel_against_float64_and_with_masked_vocab():
     lse = torch.logsumexp(logits.double(), -1)
     targets = torch.tensor([0, 250, 2, 3, 299])
     H, lp = entropy_and_logprob(logits.clone(), targets, torch.empty(5, 300))
-    np.testing.assert_allclose(H.numpy(), want, atol=1e-5)
-    np.testing.assert_allclose(lp.numpy(), (logits.double()[range(5), targets] - lse).numpy(), atol=1e-5)
-    assert H[1] < math.log2(100) + 1e-5  # only 100 entries are live in row 1
+    # fp32 against float64: 1e-4 bits per entropy (SPEC section 4); a log-prob is one fp32
+    # subtraction of values < 50 after the max shift: a few ulps, also well inside 1e-4
+    np.testing.assert_allclose(H.numpy(), want, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(lp.numpy(), (logits.double()[range(5), targets] - lse).numpy(), atol=ATOL, rtol=0)
+    assert H[1] < math.log2(100) + ATOL  # only 100 entries are live in row 1

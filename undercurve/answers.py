@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import re
 
-_BOX_OPENERS = ("\\boxed{", "\\fbox{")
+# The paper names only \\boxed{; other boxes (e.g. "\\fbox{") are a setting
+# (``answers.box_openers``) that applies everywhere an answer is read: ingest, rollouts,
+# scoring, validation.
+BOXED = "\\boxed{"
+DEFAULT_BOX_OPENERS: tuple[str, ...] = (BOXED,)
 
 
-def last_boxed_span(text: str) -> tuple[int, int] | None:
-    """Character span [start, end) of the content of the last \\boxed{...} (nested braces ok)."""
+def last_boxed_span(text: str, openers: tuple[str, ...] = DEFAULT_BOX_OPENERS) -> tuple[int, int] | None:
+    """Character span [start, end) of the content of the last box (nested braces ok)."""
     if not text:
         return None
     best = -1
     opener_len = 0
-    for opener in _BOX_OPENERS:
+    for opener in openers:
         i = text.rfind(opener)
         if i > best:
             best, opener_len = i, len(opener)
@@ -36,8 +40,8 @@ def last_boxed_span(text: str) -> tuple[int, int] | None:
     return None  # unbalanced: no usable answer
 
 
-def last_boxed(text: str) -> str | None:
-    span = last_boxed_span(text)
+def last_boxed(text: str, openers: tuple[str, ...] = DEFAULT_BOX_OPENERS) -> str | None:
+    span = last_boxed_span(text, openers)
     return None if span is None else text[span[0] : span[1]]
 
 
@@ -52,9 +56,9 @@ def gsm8k_final(text: str) -> str | None:
     return found[-1].strip() if found else None
 
 
-def extract_answer(text: str) -> str | None:
+def extract_answer(text: str, openers: tuple[str, ...] = DEFAULT_BOX_OPENERS) -> str | None:
     """Final answer of a model response: last \\boxed{}, else a GSM8K '####' line."""
-    boxed = last_boxed(text)
+    boxed = last_boxed(text, openers)
     return boxed if boxed is not None else gsm8k_final(text)
 
 

@@ -10,11 +10,14 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from undercurve.answers import DEFAULT_BOX_OPENERS
+from undercurve.eas import EdisParams
 from undercurve.io import fingerprint
 
-Strategy = Literal["random", "length", "pass_rate", "eas"]
+_EDIS = EdisParams()  # the defaults, written once in undercurve.eas
+
 _S = TypeVar("_S", bound=BaseModel)
 
 
@@ -51,6 +54,24 @@ class DecontamSettings(_Strict):
     cache_dir: str | None = None
 
 
+class EdisSettings(_Strict):
+    """EDIS thresholds (SPEC section 2); ``units`` is the log base they are in."""
+
+    window: int = Field(_EDIS.window, ge=1)
+    tau_burst: float = _EDIS.tau_burst
+    tau_rebound: float = _EDIS.tau_rebound
+    units: Literal["bits", "nats"] = _EDIS.units
+
+    def params(self) -> EdisParams:
+        return EdisParams(**self.model_dump())
+
+
+class AnswerSettings(_Strict):
+    # Which boxes hold a final answer, everywhere one is read (ingest, rollouts, scoring).
+    # The paper names only \boxed{; add "\\fbox{" here to accept \fbox{} too.
+    box_openers: list[str] = Field(default_factory=lambda: list(DEFAULT_BOX_OPENERS), min_length=1)
+
+
 class ScoringSettings(_Strict):
     engine: Literal["torch", "vllm"] = "torch"
     mode: Literal["probe", "plain"] = "probe"
@@ -66,9 +87,7 @@ class ScoringSettings(_Strict):
     workers: int = 1
     dask_address: str | None = None
     dask_cluster_class: str | None = None
-    edis_window: int = 8
-    edis_tau_burst: float = 1.36
-    edis_tau_rebound: float = 1.33
+    edis: EdisSettings = Field(default_factory=EdisSettings)
 
 
 class PassRateSettings(_Strict):
@@ -83,8 +102,33 @@ class PassRateSettings(_Strict):
 
 class SelectionSettings(_Strict):
     budget: int = 5000
-    strategies: list[Strategy] = Field(default_factory=lambda: ["random", "length", "pass_rate", "eas"])
+    # built-in names (undercurve/strategies/) or custom ones as "package.module:Class"
+    strategies: list[str] = Field(default_factory=lambda: ["random", "length", "pass_rate", "eas"], min_length=1)
+    options: dict[str, dict[str, Any]] = Field(default_factory=dict)  # strategy name -> constructor options
     seed: int = 0
+
+    @field_validator("strategies")
+    @classmethod
+    def _known_and_unique(cls, v: list[str]) -> list[str]:
+        from undercurve.strategies import resolve
+
+        dup = sorted({s for s in v if v.count(s) > 1})
+        if dup:
+            raise ValueError(f"listed more than once: {dup}")
+        for spec in v:
+            resolve(spec)  # ValueError names the choices
+        return v
+
+    def make(self) -> list:
+        """The configured strategies, constructed (bad options fail here, before any work)."""
+        from undercurve.strategies import make, resolve
+
+        return [make(spec, self.options.get(resolve(spec).name)) for spec in self.strategies]
+
+    @model_validator(mode="after")
+    def _options_valid(self):
+        self.make()
+        return self
 
 
 class TrainSettings(_Strict):
@@ -134,6 +178,7 @@ class Settings(RunSettings):
     # concurrent runs on one GPU machine then take turns. strict: a missing limit is an error.
     gpu_concurrency_limit: str | None = None
     model: ModelSettings = Field(default_factory=ModelSettings)
+    answers: AnswerSettings = Field(default_factory=AnswerSettings)
     corpus: CorpusSettings = Field(default_factory=CorpusSettings)
     decontam: DecontamSettings = Field(default_factory=DecontamSettings)
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)

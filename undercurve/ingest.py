@@ -21,7 +21,7 @@ from typing import Iterator
 
 import polars as pl
 
-from undercurve.answers import gsm8k_final, last_boxed
+from undercurve.answers import DEFAULT_BOX_OPENERS, gsm8k_final, last_boxed
 from undercurve.schema import SAMPLE_SCHEMA, set_aside_frame
 
 STAGE = "ingest"
@@ -64,7 +64,7 @@ def _from_gsm8k(rec: dict) -> tuple[str | None, str | None, str | None]:
     return _text(rec.get("question")), response, final
 
 
-def to_sample(rec: dict, source: str) -> tuple[dict | None, str | None]:
+def to_sample(rec: dict, source: str, box_openers=DEFAULT_BOX_OPENERS) -> tuple[dict | None, str | None]:
     """One raw record -> (canonical sample, None) or (None, reason it was set aside)."""
     if "messages" in rec or "conversations" in rec:
         prompt, response, answer = _from_messages(rec)
@@ -80,7 +80,7 @@ def to_sample(rec: dict, source: str) -> tuple[dict | None, str | None]:
         return None, "missing or empty prompt"
     if response is None:
         return None, "missing or empty response"
-    boxed = last_boxed(response)
+    boxed = last_boxed(response, tuple(box_openers))
     if boxed is None:
         return None, "response has no \\boxed{} final answer"
     answer = answer or boxed
@@ -131,7 +131,8 @@ def _iter_records(source: str, split: str, limit: int | None) -> Iterator[tuple[
         yield f"{source}:{i}", rec, None, ""
 
 
-def ingest(source: str, *, split: str = "train", limit: int | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+def ingest(source: str, *, split: str = "train", limit: int | None = None,
+           box_openers=DEFAULT_BOX_OPENERS) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Load ``source`` -> (samples, set_aside). Every input row lands in exactly one of them."""
     kept: list[dict] = []
     aside: list[dict] = []
@@ -141,7 +142,7 @@ def ingest(source: str, *, split: str = "train", limit: int | None = None) -> tu
         if limit is not None and n >= limit:
             break
         if rec is not None:
-            sample, reason = to_sample(rec, label)
+            sample, reason = to_sample(rec, label, box_openers)
             raw = json.dumps(rec, ensure_ascii=False, default=str)[:200]
         if reason is None and sample["id"] in seen:
             reason = "duplicate id"

@@ -37,6 +37,9 @@ CREATE TABLE IF NOT EXISTS set_aside (
     run_id VARCHAR, stage VARCHAR, reason VARCHAR, n BIGINT);
 CREATE TABLE IF NOT EXISTS selections (
     run_id VARCHAR, strategy VARCHAR, rank BIGINT, sample_id VARCHAR, score DOUBLE);
+CREATE TABLE IF NOT EXISTS shard_runs (
+    run_id VARCHAR, stage VARCHAR, shard BIGINT, worker VARCHAR, skipped BOOLEAN, seconds DOUBLE,
+    finished_at TIMESTAMPTZ);
 CREATE TABLE IF NOT EXISTS contamination (
     run_id VARCHAR, benchmark VARCHAR, method VARCHAR, n BIGINT);
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -151,8 +154,8 @@ class Registry:
             pl.lit(run_id).alias("run_id"), "strategy", "rank", pl.col("id").alias("sample_id"), "score"))
 
     def add_rows(self, table: str, run_id: str, df: pl.DataFrame) -> None:
-        """Insert a frame into ``checkpoints``, ``eval_results`` or ``contamination`` for a run."""
-        if table not in ("checkpoints", "eval_results", "contamination"):
+        """Insert a frame into ``checkpoints``, ``eval_results``, ``contamination`` or ``shard_runs``."""
+        if table not in ("checkpoints", "eval_results", "contamination", "shard_runs"):
             raise ValueError(table)
         self._insert(table, df.with_columns(pl.lit(run_id).alias("run_id")))
 

@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import polars as pl
@@ -104,7 +105,7 @@ def ingest_stage(ctx: RunContext, corpus: str) -> StageResult:
     from undercurve.ingest import ingest
 
     s = ctx.settings.corpus
-    samples, aside = ingest(corpus, split=s.split, limit=s.limit)
+    samples, aside = ingest(corpus, split=s.split, limit=s.limit, box_openers=ctx.settings.answers.box_openers)
     rows_in = samples.height + aside.height
     return _finish(ctx, "ingest", samples, aside, rows_in, None, extra={"source": corpus})
 
@@ -145,9 +146,9 @@ def length_cap_stage(ctx: RunContext, prev: StageResult, model: str) -> StageRes
 
 def _score_settings(ctx: RunContext, model: str) -> dict:
     sc = ctx.settings.scoring
-    keep = ("engine", "mode", "answer_prefix_tokens", "top_k", "batch_tokens", "device", "dtype",
-            "edis_window", "edis_tau_burst", "edis_tau_rebound", "shard_size")
-    return {**{k: getattr(sc, k) for k in keep}, "model": model,
+    keep = ("engine", "mode", "answer_prefix_tokens", "top_k", "batch_tokens", "device", "dtype", "shard_size")
+    return {**{k: getattr(sc, k) for k in keep}, "edis": sc.edis.model_dump(), "model": model,
+            "box_openers": ctx.settings.answers.box_openers,
             "trust_remote_code": ctx.settings.model.trust_remote_code}
 
 
@@ -164,12 +165,12 @@ def score_plan(ctx: RunContext, prev: StageResult, model: str) -> list[Shard]:
 @functools.lru_cache(maxsize=1)
 def _torch_scorer(settings_json: str):
     """One loaded model per process (a worker scores many shards with it)."""
+    from undercurve.eas import EdisParams
     from undercurve.scoring.torch_engine import TorchScorer
 
     s = json.loads(settings_json)
     return TorchScorer(s["model"], device=s["device"], dtype=s["dtype"], batch_tokens=s["batch_tokens"],
-                       edis_window=s["edis_window"], edis_tau_burst=s["edis_tau_burst"],
-                       edis_tau_rebound=s["edis_tau_rebound"])
+                       edis=EdisParams(**s["edis"]))
 
 
 def score_shard(ctx: RunContext, shard: Shard, model: str) -> bool:
@@ -177,8 +178,8 @@ def score_shard(ctx: RunContext, shard: Shard, model: str) -> bool:
     from undercurve.scoring.score import score_frame
 
     settings = _score_settings(ctx, model)
-    scorer_key = json.dumps({k: settings[k] for k in ("model", "device", "dtype", "batch_tokens", "edis_window",
-                                                      "edis_tau_burst", "edis_tau_rebound")}, sort_keys=True)
+    scorer_key = json.dumps({k: settings[k] for k in ("model", "device", "dtype", "batch_tokens", "edis")},
+                            sort_keys=True)
 
     def fn(part: pl.DataFrame) -> pl.DataFrame:
         scores, aside_rows = score_frame(part, settings, scorer=_torch_scorer(scorer_key))
@@ -186,9 +187,26 @@ def score_shard(ctx: RunContext, shard: Shard, model: str) -> bool:
 
     t0 = time.perf_counter()
     skipped = run_shard(shard, fn)
-    log.info("score: shard %d %s", shard.index, "already done, skipped" if skipped else
-             f"scored in {time.perf_counter() - t0:.1f}s")
+    seconds = time.perf_counter() - t0
+    log.info("score: shard %d %s", shard.index, "already done, skipped" if skipped else f"scored in {seconds:.1f}s")
+    ctx.registry.add_rows("shard_runs", ctx.run_id, pl.DataFrame([{
+        "stage": "score", "shard": shard.index, "worker": worker_identity(), "skipped": skipped,
+        "seconds": seconds, "finished_at": datetime.now(timezone.utc)}]))
     return skipped
+
+
+def worker_identity() -> str:
+    """host:pid, plus the Dask worker's address when a Dask worker runs this."""
+    import os
+    import socket
+
+    who = f"{socket.gethostname()}:{os.getpid()}"
+    try:
+        from distributed import get_worker
+
+        return f"{who} dask={get_worker().address}"
+    except (ImportError, ValueError):  # not inside a Dask worker
+        return who
 
 
 def score_merge(ctx: RunContext, prev: StageResult, shards: list[Shard]) -> StageResult:
@@ -226,36 +244,47 @@ def pass_rate_stage(ctx: RunContext, prev: StageResult, model: str) -> StageResu
     pr = ctx.settings.pass_rate
     df = pl.read_parquet(prev.path)
     d = ctx.stage_dir("pass_rate")
-    rates, rollouts_path = pass_rate_with_vllm(df, model, pr.model_dump(), d, ctx.settings.model.trust_remote_code)
+    rates, rollouts_path = pass_rate_with_vllm(df, model, {**pr.model_dump(), "box_openers": ctx.settings.answers.box_openers},
+                                               d, ctx.settings.model.trust_remote_code)
     return _finish(ctx, "pass_rate", rates, _empty_aside(), df.height, prev, kind="pass_rates",
                    extra={"rollouts": str(rollouts_path), "n": pr.rollouts})
 
 
+def model_stages(settings: Settings) -> set[str]:
+    """The model stages (``score``, ``pass_rate``) the configured strategies need."""
+    return set().union(*(s.stages() for s in settings.selection.make()))
+
+
 def features_stage(ctx: RunContext, samples: StageResult, scores: StageResult | None,
                    pass_rates: StageResult | None) -> StageResult:
-    """One row per sample with every strategy's signal (missing signals are null)."""
+    """One row per sample kept by EVERY stage, with every strategy's signal.
+
+    A row set aside at scoring is not in the scores table, so the inner join keeps it out of
+    every selection (the random and length strategies included)."""
+    from undercurve.strategies import PASS_RATE_COLUMNS, SCORE_COLUMNS
+
     df = pl.read_parquet(samples.path).select("id", "n_tokens")
     parents = [samples.artifact_id]
-    if scores is not None:
-        df = df.join(pl.read_parquet(scores.path).select("id", "eas", "mean_eas", "ppl", "edis"), on="id", how="left")
-        parents.append(scores.artifact_id)
-    if pass_rates is not None:
-        df = df.join(pl.read_parquet(pass_rates.path).select("id", "pass_rate"), on="id", how="left")
-        parents.append(pass_rates.artifact_id)
+    for res, cols in ((scores, SCORE_COLUMNS), (pass_rates, PASS_RATE_COLUMNS)):
+        if res is not None:
+            df = df.join(pl.read_parquet(res.path).select("id", *cols), on="id", how="inner", maintain_order="left")
+            parents.append(res.artifact_id)
     return _finish(ctx, "features", df, _empty_aside(), df.height, None, kind="features", parents=parents)
 
 
-def select_stage(ctx: RunContext, features: StageResult, samples: StageResult, strategy: str) -> StageResult:
+def select_stage(ctx: RunContext, features: StageResult, samples: StageResult, spec: str) -> StageResult:
     """Top-budget selection for one strategy + its ms-swift JSONL export."""
     from undercurve.export import export_swift_jsonl
-    from undercurve.select import select
+    from undercurve.strategies import make, resolve, select
 
     sel = ctx.settings.selection
+    strat = make(spec, sel.options.get(resolve(spec).name))
+    strategy = strat.name
     df = pl.read_parquet(features.path)
-    needed = {"pass_rate": "pass_rate", "eas": "eas"}.get(strategy)
-    if needed and needed not in df.columns:
-        raise ValueError(f"strategy {strategy!r} needs the {needed!r} stage, which is disabled in this config")
-    chosen = select(df, strategy, sel.budget, sel.seed)
+    missing = [c for c in strat.needs if c not in df.columns]
+    if missing:
+        raise ValueError(f"strategy {strategy!r} needs {missing}, from a stage this config does not run")
+    chosen = select(df, strat, sel.budget, sel.seed)
     d = ctx.stage_dir("select")
     path = write_parquet_atomic(chosen, d / f"{strategy}.parquet")
     jsonl, n = export_swift_jsonl(pl.read_parquet(samples.path), chosen, d / f"{strategy}.swift.jsonl")

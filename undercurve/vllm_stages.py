@@ -43,7 +43,8 @@ def pass_rate_with_vllm(df: pl.DataFrame, model: str, settings: dict, out_dir: s
               "output": str(out / "shards" / f"rollouts-{i:05d}.parquet"),
               "pass_rate_output": str(out / "shards" / f"pass_rate-{i:05d}.parquet"),
               "n": settings["rollouts"], "temperature": settings["temperature"], "top_p": settings["top_p"],
-              "max_tokens": settings["max_tokens"], "seed": settings["seed"]} for i, p in enumerate(inputs)]
+              "max_tokens": settings["max_tokens"], "seed": settings["seed"],
+              "box_openers": settings["box_openers"]} for i, p in enumerate(inputs)]
     log.info("pass_rate: %d samples x %d rollouts in %d shards (vLLM)", df.height, settings["rollouts"], len(steps))
     if not steps:
         return pl.DataFrame(schema={"id": pl.Utf8, "n": pl.Int64, "n_correct": pl.Int64, "pass_rate": pl.Float64}), out
@@ -62,7 +63,7 @@ def score_with_vllm(df: pl.DataFrame, settings: dict, out_dir: str | Path) -> tu
     out = Path(out_dir)
     (out / "shards").mkdir(parents=True, exist_ok=True)
     inputs = _write_input_shards(df, out / "shards", settings["shard_size"], ["id", "source", "prompt", "response", "answer"])
-    keys = ("mode", "top_k", "answer_prefix_tokens", "edis_window", "edis_tau_burst", "edis_tau_rebound")
+    keys = ("mode", "top_k", "answer_prefix_tokens", "edis", "box_openers")
     steps = [{"kind": "score", "name": f"score-{i:05d}", "input": str(p),
               "output": str(out / "shards" / f"scores-{i:05d}.parquet"),
               "set_aside_output": str(out / "shards" / f"set_aside-{i:05d}.parquet"),

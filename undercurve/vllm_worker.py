@@ -14,7 +14,8 @@ only what both environments have. Job format (JSON)::
        {"kind": "score", "input": "samples.parquet", "output": "scores.parquet",
         "set_aside_output": "set_aside.parquet", "mode": "probe", "top_k": 20,
         "answer_prefix_tokens": 0, "probe_batch": 256, "batch_size": 32,
-        "edis_window": 8, "edis_tau_burst": 1.36, "edis_tau_rebound": 1.33}],
+        "edis": {"window": 8, "tau_burst": 1.36, "tau_rebound": 1.33, "units": "bits"},
+        "box_openers": ["\\boxed{"]}],
      "result_path": "job.result.json"}
 
 Inputs are Parquet with the sample columns (``id, prompt, answer``; ``response`` for score).
@@ -33,15 +34,17 @@ from pathlib import Path
 
 import polars as pl
 
-from undercurve.answers import extract_answer, is_equivalent
+from undercurve.answers import DEFAULT_BOX_OPENERS, extract_answer, is_equivalent
+from undercurve.eas import EdisParams
 from undercurve.io import file_sha256, fingerprint, write_parquet_atomic, write_text_atomic
 from undercurve.schema import SET_ASIDE_SCHEMA, set_aside_frame
 from undercurve.scoring.score import SCORE_SCHEMA, build_trajectories
 
-SAMPLING_DEFAULTS = {"n": 4, "temperature": 1.0, "top_p": 1.0, "max_tokens": 1024, "seed": 0, "batch_size": 64}
+SAMPLING_DEFAULTS = {"n": 4, "temperature": 1.0, "top_p": 1.0, "max_tokens": 1024, "seed": 0, "batch_size": 64,
+                     "box_openers": list(DEFAULT_BOX_OPENERS)}
 SCORE_DEFAULTS = {
     "mode": "probe", "top_k": 20, "answer_prefix_tokens": 0, "probe_batch": 256, "batch_size": 32,
-    "edis_window": 8, "edis_tau_burst": 1.36, "edis_tau_rebound": 1.33,
+    "edis": {}, "box_openers": list(DEFAULT_BOX_OPENERS),  # edis: EdisParams fields (defaults in eas.py)
 }
 ROLLOUT_SCHEMA = {
     "id": pl.Utf8, "rollout": pl.Int64, "text": pl.Utf8, "extracted": pl.Utf8, "correct": pl.Boolean,
@@ -187,7 +190,7 @@ class Worker:
             ]
             for r, out in zip(batch, self.llm.generate(prompts, params, use_tqdm=False)):
                 for k, c in enumerate(out.outputs):
-                    ext = extract_answer(c.text)
+                    ext = extract_answer(c.text, tuple(s["box_openers"]))
                     rows.append({
                         "id": str(r["id"]), "rollout": k, "text": c.text, "extracted": ext,
                         "correct": is_equivalent(ext, r["answer"]) if has_answer else None,
@@ -201,7 +204,7 @@ class Worker:
         from undercurve.scoring.vllm_engine import VllmScorer
 
         df = pl.read_parquet(step["input"])
-        trajs, aside = build_trajectories(df, self.tokenizer, s["answer_prefix_tokens"])
+        trajs, aside = build_trajectories(df, self.tokenizer, s["answer_prefix_tokens"], s["box_openers"])
         # vLLM rejects a whole generate() call if one request is over max_model_len: set those aside
         limit = self.llm.llm_engine.model_config.max_model_len
         source = dict(zip(df["id"].cast(pl.Utf8), df["source"])) if "source" in df.columns else {}
@@ -216,7 +219,7 @@ class Worker:
         trajs = fits
         scorer = VllmScorer(
             self.llm, top_k=s["top_k"], probe_batch=step.get("probe_batch", SCORE_DEFAULTS["probe_batch"]),
-            edis_window=s["edis_window"], edis_tau_burst=s["edis_tau_burst"], edis_tau_rebound=s["edis_tau_rebound"],
+            edis=EdisParams(**s["edis"]),
         )
         rows = []
         bs = step.get("batch_size", SCORE_DEFAULTS["batch_size"])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import polars as pl
 
+from undercurve.answers import DEFAULT_BOX_OPENERS
+from undercurve.eas import EdisParams
 from undercurve.scoring.trajectory import Trajectory, build_trajectory
 
 SCORE_SCHEMA = {
@@ -19,6 +21,8 @@ SCORE_SCHEMA = {
     "edis_burst": pl.Int64,
     "edis_rebound": pl.Int64,
     "edis_var": pl.Float64,
+    "edis_units": pl.Utf8,  # the log base of EDIS's thresholds and variance
+    "edis_exact": pl.Boolean,  # False: from top-K truncated entropies (a different quantity)
     "topk_mass_mean": pl.Float64,
     "topk_mass_min": pl.Float64,
     "topk_bound": pl.Float64,
@@ -34,18 +38,18 @@ DEFAULTS = {
     "batch_tokens": 16384,
     "device": "auto",
     "dtype": "auto",
-    "edis_window": 8,
-    "edis_tau_burst": 1.36,
-    "edis_tau_rebound": 1.33,
+    "edis": {},  # EdisParams fields; defaults in undercurve.eas
+    "box_openers": list(DEFAULT_BOX_OPENERS),
 }
 
 
-def build_trajectories(df: pl.DataFrame, tokenizer, answer_prefix_tokens: int = 0):
+def build_trajectories(df: pl.DataFrame, tokenizer, answer_prefix_tokens: int = 0,
+                       box_openers=DEFAULT_BOX_OPENERS):
     """(trajectories, set-aside rows ``id, source, reason, detail``)."""
     trajs: list[Trajectory] = []
     aside: list[dict] = []
     for row in df.iter_rows(named=True):
-        t = build_trajectory(row, tokenizer, answer_prefix_tokens)
+        t = build_trajectory(row, tokenizer, answer_prefix_tokens, tuple(box_openers))
         if isinstance(t, str):
             tail = (row.get("response") or "")[-200:]
             aside.append({"id": row.get("id"), "source": row.get("source"), "reason": t, "detail": tail})
@@ -57,8 +61,8 @@ def build_trajectories(df: pl.DataFrame, tokenizer, answer_prefix_tokens: int = 
 def score_frame(df: pl.DataFrame, settings: dict, scorer=None) -> tuple[pl.DataFrame, list[dict]]:
     """Score every scorable row of ``df`` (columns id, source?, prompt, response, answer).
 
-    ``settings``: model, mode, answer_prefix_tokens, batch_tokens, device, dtype, edis_window,
-    edis_tau_burst, edis_tau_rebound; optional engine (default "torch"), chunk_positions,
+    ``settings``: model, mode, answer_prefix_tokens, batch_tokens, device, dtype, edis (a dict of
+    ``EdisParams`` fields), box_openers; optional engine (default "torch"), chunk_positions,
     probe_chunk (TorchScorer tuning). ``scorer`` reuses an already loaded ``TorchScorer``
     (its own EDIS/batch settings then apply). Rows keep the order of ``df``.
     """
@@ -66,7 +70,7 @@ def score_frame(df: pl.DataFrame, settings: dict, scorer=None) -> tuple[pl.DataF
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(s["model"]))
-    trajs, aside = build_trajectories(df, tokenizer, int(s["answer_prefix_tokens"]))
+    trajs, aside = build_trajectories(df, tokenizer, int(s["answer_prefix_tokens"]), s["box_openers"])
     if s["engine"] == "vllm":
         raise NotImplementedError("runs in the vLLM environment")
     if s["engine"] != "torch":
@@ -78,8 +82,7 @@ def score_frame(df: pl.DataFrame, settings: dict, scorer=None) -> tuple[pl.DataF
 
             scorer = TorchScorer(
                 s["model"], device=s["device"], dtype=s["dtype"], batch_tokens=int(s["batch_tokens"]),
-                edis_window=int(s["edis_window"]), edis_tau_burst=float(s["edis_tau_burst"]),
-                edis_tau_rebound=float(s["edis_tau_rebound"]),
+                edis=EdisParams(**s["edis"]),
                 **{k: int(s[k]) for k in ("chunk_positions", "probe_chunk") if s.get(k)},
             )
         rows = scorer.score(trajs, mode=s["mode"])

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from undercurve import metrics
+from undercurve import eas
 from undercurve.scoring.trajectory import Trajectory
 
 _LN2 = math.log(2.0)
@@ -78,9 +78,7 @@ class TorchScorer:
         chunk_positions: int = 256,
         probe_chunk: int = 128,
         batch_tokens: int = 16384,
-        edis_window: int = 8,
-        edis_tau_burst: float = 1.36,
-        edis_tau_rebound: float = 1.33,
+        edis: eas.EdisParams = eas.EdisParams(),
     ):
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
@@ -101,7 +99,7 @@ class TorchScorer:
         self.probe_chunk = probe_chunk
         self.batch_tokens = batch_tokens
         self._buf = self._work = None  # LM-head scratch, see _buffers
-        self.edis_args = dict(window=edis_window, tau_burst=edis_tau_burst, tau_rebound=edis_tau_rebound)
+        self.edis = edis
 
     # ---------------------------------------------------------------- public
     @torch.inference_mode()
@@ -241,11 +239,9 @@ class TorchScorer:
     # ---------------------------------------------------------------- rows
     def _row(self, t: Trajectory, mode: str, plain_H, logprobs, suffix_H=None) -> dict:
         H = suffix_H[:, -1] if mode == "probe" else plain_H[: t.T - 1]
-        e = metrics.edis(plain_H, **self.edis_args)
         return {
             "id": t.id, "engine": "torch", "mode": mode, "T": t.T, "length": t.length,
-            "eas": metrics.eas(H), "mean_eas": metrics.mean_eas(H), "ppl": metrics.ppl(logprobs),
-            "edis": e.score, "edis_burst": e.burst, "edis_rebound": e.rebound, "edis_var": e.var,
+            **eas.scores(H, plain_H, logprobs, self.edis, exact=True),
             "topk_mass_mean": None, "topk_mass_min": None, "topk_bound": None,
             "entropy": H.tolist(), "plain_entropy": plain_H.tolist(),
             "suffix_entropy": suffix_H.tolist() if suffix_H is not None else None,

@@ -25,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 
-from undercurve import metrics
+from undercurve import eas
 from undercurve.scoring.trajectory import Trajectory
 
 _LN2 = math.log(2.0)
@@ -68,16 +68,14 @@ class VllmScorer:
         llm,
         top_k: int = 20,
         probe_batch: int = 256,
-        edis_window: int = 8,
-        edis_tau_burst: float = 1.36,
-        edis_tau_rebound: float = 1.33,
+        edis: eas.EdisParams = eas.EdisParams(),
     ):
         self.llm = llm
         self.vocab_size = llm.llm_engine.model_config.get_vocab_size()
         self.top_k = top_k
         self.k = self.vocab_size if top_k == -1 else min(top_k, self.vocab_size)
         self.probe_batch = probe_batch
-        self.edis_args = dict(window=edis_window, tau_burst=edis_tau_burst, tau_rebound=edis_tau_rebound)
+        self.edis = edis
 
     def _params(self, prompt_logprobs: bool):
         from vllm import SamplingParams
@@ -150,12 +148,12 @@ class VllmScorer:
             H, mass = probe["H"], probe["mass"]
         else:
             H, mass = plain_H[: t.T - 1], mass_all[1 : t.T]
-        bound = metrics.topk_truncation_bound(mass, self.vocab_size, self.k) if self.k < self.vocab_size else np.zeros_like(mass)
-        e = metrics.edis(plain_H, **self.edis_args)
+        exact = self.k >= self.vocab_size
+        bound = np.zeros_like(mass) if exact else eas.topk_truncation_bound(mass, self.vocab_size, self.k)
         return {
             "id": t.id, "engine": "vllm", "mode": mode, "T": t.T, "length": t.length,
-            "eas": metrics.eas(H), "mean_eas": metrics.mean_eas(H), "ppl": metrics.ppl(logprobs),
-            "edis": e.score, "edis_burst": e.burst, "edis_rebound": e.rebound, "edis_var": e.var,
+            # top-K entropies: EDIS from them is labelled inexact and never ranked with exact EDIS
+            **eas.scores(H, plain_H, logprobs, self.edis, exact=exact),
             "topk_mass_mean": float(np.mean(mass)), "topk_mass_min": float(np.min(mass)),
             "topk_bound": float(np.sum(bound)),
             "entropy": H.tolist(), "plain_entropy": plain_H.tolist(),

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from undercurve.config import ModelSettings, RunSettings, _Strict, load_yaml_settings
+from undercurve.config import EdisSettings, ModelSettings, RunSettings, _Strict, load_yaml_settings
 
 
 class BenchmarkSettings(_Strict):
@@ -39,9 +39,7 @@ class ScoringSettings(_Strict):
     batch_tokens: int = 16384
     device: str = "auto"
     dtype: str = "auto"
-    edis_window: int = 8
-    edis_tau_burst: float = 1.36
-    edis_tau_rebound: float = 1.33
+    edis: EdisSettings = Field(default_factory=EdisSettings)
     # A scored response needs a \boxed{} to end its trajectory: one whose answer was found
     # otherwise gets "The final answer is \boxed{ANSWER}." appended (False: set aside instead).
     append_boxed_answer: bool = True

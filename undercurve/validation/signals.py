@@ -6,7 +6,7 @@ engines do) the full next-token distributions along the response give:
 - ``mean_entropy``: mean entropy (bits) of the distributions the response tokens came from
   (sequence entropy, a best-of-N baseline);
 - ``self_certainty``: mean KL(U || p) = -log V - mean_v log p(v) (nats; Kang et al. 2025);
-- ``edis``: EDIS of the plain trajectory H_1..H_T (``undercurve.metrics.edis``), T = last
+- ``edis``: EDIS of the plain trajectory H_1..H_T (``undercurve.eas.edis``), T = last
   token of the final \\boxed{} answer when there is one, else the last response token;
 - top-K mass and the exact entropy lost by truncating to the top K, per position (paper Table 1).
 
@@ -20,7 +20,7 @@ import math
 import numpy as np
 import torch
 
-from undercurve import metrics
+from undercurve import eas
 from undercurve.scoring.trajectory import BOX_OPENER, build_trajectory, prompt_token_ids
 
 _LN2 = math.log(2.0)
@@ -28,8 +28,8 @@ _LN2 = math.log(2.0)
 
 class SignalScorer:
     def __init__(self, model_path: str, device: str = "auto", dtype: str = "auto", top_k: int = 20,
-                 chunk_positions: int = 256, batch_tokens: int = 8192, edis_window: int = 8,
-                 edis_tau_burst: float = 1.36, edis_tau_rebound: float = 1.33):
+                 chunk_positions: int = 256, batch_tokens: int = 8192,
+                 edis: eas.EdisParams = eas.EdisParams()):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from undercurve.scoring.torch_engine import pick_device, pick_dtype
@@ -43,7 +43,7 @@ class SignalScorer:
         self.top_k = top_k
         self.chunk = chunk_positions
         self.batch_tokens = batch_tokens
-        self.edis_args = dict(window=edis_window, tau_burst=edis_tau_burst, tau_rebound=edis_tau_rebound)
+        self.edis = edis
 
     # ------------------------------------------------------------------ signals
     @torch.inference_mode()
@@ -99,7 +99,7 @@ class SignalScorer:
         H = torch.cat(H).numpy()
         sc = torch.cat(sc).numpy()
         gen = slice(0, R)  # distributions that produced x_1..x_R
-        e = metrics.edis(H[1 : T + 1], **self.edis_args)
+        e = eas.edis(H[1 : T + 1], self.edis)
         res = {
             "n_tokens": R, "T": T,
             "mean_entropy": float(H[gen].mean()) if R else math.nan,

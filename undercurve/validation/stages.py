@@ -20,7 +20,7 @@ import polars as pl
 
 from undercurve.answers import last_boxed_span
 from undercurve.io import write_parquet_atomic, write_text_atomic
-from undercurve.metrics import decayed_option_probability, topk_truncation_bound
+from undercurve.eas import decayed_option_probability, topk_truncation_bound
 from undercurve.stages import RunContext
 from undercurve.validation import answer_entropy as ae
 from undercurve.validation.best_of_n import compare_strategies
@@ -158,8 +158,8 @@ def signals_stage(ctx: RunContext, questions: str, samples: str, scores: str, mo
     smp = pl.read_parquet(samples)
     q = pl.read_parquet(questions)
     prompts = dict(zip(q["id"], q["prompt"]))
-    scorer = SignalScorer(model, device=sc.device, dtype=sc.dtype, top_k=sc.top_k, edis_window=sc.edis_window,
-                          edis_tau_burst=sc.edis_tau_burst, edis_tau_rebound=sc.edis_tau_rebound)
+    scorer = SignalScorer(model, device=sc.device, dtype=sc.dtype, top_k=sc.top_k,
+                          edis=sc.edis.params())
     rows = scorer.signals([{"prompt": prompts[r["id"]], "response": r["text"]} for r in smp.iter_rows(named=True)])
     cols = ["n_tokens", "T", "mean_entropy", "self_certainty", "edis", "edis_burst", "edis_rebound", "edis_var"]
     sig = pl.DataFrame([{k: r[k] for k in cols} for r in rows]).rename({"n_tokens": "scored_tokens"})
