@@ -9,6 +9,7 @@ from prefect import flow
 from tasks import curate as t
 from undercurve.config import load_settings
 from undercurve.io import run_lock
+from undercurve.stages import model_stages
 
 
 @flow(name="score-shards")
@@ -31,16 +32,17 @@ def curate(config: str | None = "configs/demo.yaml", overrides: dict | None = No
             cap = t.length_cap(ctx, dec, inputs["model"])
             results += [ing, dec, cap]
             strategies = settings.selection.strategies
+            needed = model_stages(settings)
             # The two model stages run one after the other (one accelerator each time).
             scores = None
-            if "eas" in strategies and settings.scoring.engine == "torch":
+            if "score" in needed and settings.scoring.engine == "torch":
                 shards = t.score_plan(ctx, cap, inputs["model"])
                 score_shards.with_options(task_runner=t.shard_runner(settings.scoring))(ctx, shards, inputs["model"])
                 scores = t.score_merge(ctx, cap, shards)
-            elif "eas" in strategies:
+            elif "score" in needed:
                 scores = t.score(ctx, cap, inputs["model"])
             rates = (t.pass_rate(ctx, cap, inputs["model"])
-                     if "pass_rate" in strategies and settings.pass_rate.enabled else None)
+                     if "pass_rate" in needed and settings.pass_rate.enabled else None)
             results += [r for r in (scores, rates) if r is not None]
             feats = t.features(ctx, cap, scores, rates)
             futures = [t.select.submit(ctx, feats, cap, s) for s in strategies]

@@ -1,9 +1,12 @@
 """Scale-out on an existing engine: scoring shards as Prefect tasks on 2 Dask worker processes
-give the same scores as scoring in the flow process."""
+give the same scores as scoring in the flow process, and really ran in those workers."""
+
+import os
 
 import polars as pl
 
 from conftest import demo_overrides
+from undercurve.registry import Registry
 
 
 def test_scoring_shards_on_two_dask_workers(prefect_harness, tmp_path):
@@ -12,11 +15,18 @@ def test_scoring_shards_on_two_dask_workers(prefect_harness, tmp_path):
     common = {"corpus.demo_size": 8, "decontam.enabled": False, "pass_rate.enabled": False,
               "selection.strategies": ["random", "eas"], "scoring.shard_size": 3,
               "model.tiny_dir": str(tmp_path / "models")}
-    scores = {}
+    scores, workers_seen = {}, {}
     for workers in (2, 1):
         workdir = tmp_path / f"w{workers}"
         summary = curate("configs/demo.yaml", demo_overrides(workdir, **common, **{"scoring.workers": workers}))
-        assert summary["accounting"]["balanced"]
         scores[workers] = pl.read_parquet(workdir / "demo" / "score" / "scores.parquet").sort("id")
+        runs = Registry(workdir / "registry.duckdb").query(
+            "SELECT shard, worker, skipped FROM shard_runs WHERE run_id = ?", [summary["run_id"]])
+        assert sorted(runs["shard"].to_list()) == [0, 1, 2, 3] and not any(runs["skipped"])  # 10 rows / 3
+        workers_seen[workers] = runs["worker"].to_list()
     assert scores[2].height == 10  # 8 problems + the 2 planted leaks (decontamination off)
     assert scores[2].equals(scores[1])
+    me = f":{os.getpid()}"
+    # in-process: every shard in this process; Dask: every shard in a Dask worker process
+    assert all(w.endswith(me) for w in workers_seen[1])
+    assert all(" dask=" in w and me + " " not in w for w in workers_seen[2])

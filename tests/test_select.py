@@ -4,7 +4,7 @@ import polars as pl
 import pytest
 
 from undercurve.export import export_swift_jsonl
-from undercurve.select import select
+from undercurve.strategies import select
 
 
 @pytest.fixture
@@ -66,3 +66,78 @@ def test_export_swift_jsonl_in_rank_order(tmp_path, feats):
     assert rows[0]["messages"][1]["role"] == "assistant"
     with pytest.raises(ValueError, match="not in the sample table"):
         export_swift_jsonl(samples.head(2), sel, tmp_path / "y.jsonl")
+
+
+# ------------------------------------------------------------------ strategies as plugins
+def test_builtin_strategies_are_discovered():
+    from undercurve.strategies import builtin
+
+    assert {"random", "length", "pass_rate", "eas", "edis", "eas_in_band"} <= set(builtin())
+
+
+def test_edis_never_ranks_exact_and_truncated_together(feats):
+    from undercurve.strategies import make
+
+    df = feats.with_columns(pl.Series("edis", [1.0, 3.0, 2.0, 0.5, 4.0, None, 2.5, 0.1]),
+                            pl.Series("edis_exact", [True] * 8))
+    high = select(df, "edis", 3)
+    assert high["id"].to_list() == ["s4", "s1", "s6"]  # highest EDIS first; null not eligible
+    low = select(df, make("edis", {"order": "low"}), 2)
+    assert low["id"].to_list() == ["s7", "s3"]
+    mixed = df.with_columns(pl.Series("edis_exact", [True] * 7 + [False]))
+    with pytest.raises(ValueError, match="cannot be ranked together"):
+        select(mixed, "edis", 3)
+
+
+def test_eas_within_pass_rate_band(feats):
+    from undercurve.strategies import make
+
+    out = select(feats, "eas_in_band", 10)
+    # pass rate strictly in (0, 1) and a finite EAS: s1 (9.0), s5 (5.0), s2 (1.0); s4 NaN, s7 null
+    assert out["id"].to_list() == ["s1", "s5", "s2"]
+    narrow = select(feats, make("eas_in_band", {"low": 0.3, "high": 0.8}), 10)
+    assert narrow["id"].to_list() == ["s5", "s2"]
+
+
+def test_a_strategy_from_outside_the_package(tmp_path, monkeypatch, feats):
+    """Adding a strategy: one file, named by import path in the config."""
+    (tmp_path / "my_strategies.py").write_text(
+        "import polars as pl\n"
+        "from undercurve.strategies import Strategy\n\n"
+        "class Shortest(Strategy):\n"
+        "    name = 'shortest'\n"
+        "    higher_first = False\n"
+        "    def score(self, df):\n"
+        "        return df.with_columns(pl.col('n_tokens').alias('score'))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from undercurve.config import load_settings
+
+    s = load_settings(None, {"selection.strategies": ["eas", "my_strategies:Shortest"]})
+    strategies = s.selection.make()
+    assert [x.name for x in strategies] == ["eas", "shortest"]
+    out = select(feats, strategies[1], 2)
+    assert out["id"].to_list() == ["s0", "s4"] and out["strategy"].to_list() == ["shortest"] * 2
+
+
+@pytest.mark.parametrize("strategies,match", [
+    (["eas", "vibes"], "unknown strategy 'vibes'"),
+    (["eas", "eas"], "more than once"),
+    ([], "at least 1"),
+    (["nowhere.module:Cls"], "cannot be imported"),
+])
+def test_bad_strategy_lists_fail_at_load(strategies, match):
+    from pydantic import ValidationError
+
+    from undercurve.config import load_settings
+
+    with pytest.raises(ValidationError, match=match):
+        load_settings(None, {"selection.strategies": strategies})
+
+
+def test_bad_strategy_options_fail_at_load():
+    from pydantic import ValidationError
+
+    from undercurve.config import load_settings
+
+    with pytest.raises(ValidationError, match="low < high"):
+        load_settings(None, {"selection.strategies": ["eas_in_band"], "selection.options": {"eas_in_band": {"low": 0.9, "high": 0.1}}})

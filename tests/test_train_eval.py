@@ -159,3 +159,67 @@ def test_comparison_table_deltas(tmp_path):
     assert pl.read_csv(csv_path).height == t.height and md_path.read_text() == md
     with pytest.raises(ValueError, match="baseline"):
         comparison_table(_results().filter(~((pl.col("strategy") == "random") & (pl.col("checkpoint_rank") == 2))))
+
+
+class _AnswerServer:
+    """An OpenAI-compatible chat server on loopback whose answers are known in advance: the
+    edge of the system (a model server) replaced, evalscope and our parsing run for real.
+    Problems in ``always`` get the right answer; problems in ``once`` only on their first call."""
+
+    def __init__(self, answers: dict[str, str], always: set[str], once: set[str]):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        calls: dict[str, int] = {}
+        lock = threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                text = " ".join(str(m.get("content")) for m in body["messages"])
+                problem = next(p for p in answers if p in text)
+                with lock:
+                    calls[problem] = calls.get(problem, 0) + 1
+                    first = calls[problem] == 1
+                right = problem in always or (problem in once and first)
+                content = f"So the answer is \\boxed{{{answers[problem] if right else '999'}}}."
+                out = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                                  "choices": [{"index": 0, "finish_reason": "stop",
+                                               "message": {"role": "assistant", "content": content}}],
+                                  "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_pass1_is_parsed_from_real_evalscope_output(tmp_path):
+    """Known correct/incorrect answers -> known Pass@1, per benchmark and per repeat."""
+    records = [json.loads(line) for line in AIME_TINY.read_text().splitlines()][:4]
+    answers = {r["problem"]: r["answer"] for r in records}
+    p = [r["problem"] for r in records]
+    server = _AnswerServer(answers, always={p[0], p[2], p[3]}, once={p[1]})
+    try:
+        benchmarks = {"aime24": write_local_benchmark(records[:2], tmp_path / "aime24"),
+                      "aime25": write_local_benchmark(records[2:4], tmp_path / "aime25")}
+        settings = {"eval_type": "openai_api", "api_url": server.url, "served_model_name": "known",
+                    "generation_config": {"max_tokens": 16, "temperature": 0.6}, "eval_batch_size": 1}
+        res = run_eval(None, benchmarks, repeats=2, settings=settings, work_dir=tmp_path / "eval")
+    finally:
+        server.close()
+    a24, a25 = res.benchmarks["aime24"], res.benchmarks["aime25"]
+    # aime24: p0 right twice, p1 right once of 2 -> 3 of 4; one repeat has both right, the other one
+    assert a24.pass1_mean == pytest.approx(0.75) and sorted(a24.per_repeat) == [0.5, 1.0]
+    assert a25.pass1_mean == pytest.approx(1.0) and a25.per_repeat == [1.0, 1.0]
+    assert a24.n_problems == 2 and a25.n_problems == 2
