@@ -29,8 +29,12 @@ $(VLLM_VENV)/.installed: requirements/vllm.txt requirements/vllm.lock
 demo: setup
 	$(VENV)/bin/undercurve run configs/demo.yaml
 
+# Random test order every run (pytest-randomly); the seed is printed so a failure replays
+# with `make test TEST_SEED=N`.
+TEST_SEED ?= $(shell date +%s)
 test: setup
-	$(VENV)/bin/python -m pytest -q
+	@echo "test order seed: $(TEST_SEED)  (replay: make test TEST_SEED=$(TEST_SEED))"
+	$(VENV)/bin/python -m pytest -q -p randomly --randomly-seed=$(TEST_SEED)
 
 # The cross-engine comparison; the other scripts and their results: BENCHMARKS.md.
 bench: setup

@@ -1,6 +1,7 @@
 """`undercurve` command line: run a flow, inspect the registry.
 
     undercurve run [CONFIG] [--flow pipeline|curate|train_eval|validate] [--set key=value ...]
+    undercurve check [CONFIG] [--flow ...] [--set key=value ...]   validate settings, run nothing
     undercurve runs                                          list runs
     undercurve show RUN_ID                                   a run's artifacts and lineage
     undercurve compare                                       selection sizes per strategy across runs
@@ -15,14 +16,33 @@ import sys
 import yaml
 
 
+EXIT_BAD_SETTINGS = 2
+
+
 def _parse_set(items: list[str]) -> dict:
+    from undercurve.config import ConfigError
+
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set expects key=value, got {item!r}")
-        out[key] = yaml.safe_load(value)
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            out[key] = value  # a plain string such as "a: b" that YAML reads as a mapping error
     return out
+
+
+def check_settings(config: str | None, flow: str, overrides: dict | None):
+    """Validate the whole config for ``flow`` before anything starts (no server, no model)."""
+    if flow == "validate":
+        from undercurve.validation.config import load_validate_settings
+
+        return load_validate_settings(config, overrides)
+    from undercurve.config import load_settings
+
+    return load_settings(config, overrides)
 
 
 def _registry(path: str | None, config: str | None):
@@ -40,6 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--flow", choices=["pipeline", "curate", "train_eval", "validate"], default="pipeline",
                      help="validate takes its own config, e.g. configs/validate_demo.yaml")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
+    run.add_argument("--debug", action="store_true", help="show tracebacks of bad settings")
+    chk = sub.add_parser("check", help="validate a config (and --set overrides) without running anything")
+    chk.add_argument("config", nargs="?", default="configs/demo.yaml")
+    chk.add_argument("--flow", choices=["pipeline", "curate", "train_eval", "validate"], default="pipeline")
+    chk.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    chk.add_argument("--debug", action="store_true")
     for name in ("runs", "show", "compare"):
         p = sub.add_parser(name)
         p.add_argument("--registry", help="DuckDB file (default: from --config)")
@@ -48,8 +74,21 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("run_id")
     args = ap.parse_args(argv)
 
-    if args.cmd == "run":
-        overrides = _parse_set(args.set) or None
+    if args.cmd in ("run", "check"):
+        from undercurve.config import ConfigError
+
+        try:
+            overrides = _parse_set(args.set) or None
+            settings = check_settings(args.config, args.flow, overrides)
+        except ConfigError as e:
+            if args.debug:
+                raise
+            print(f"undercurve: bad settings: {e}", file=sys.stderr)
+            return EXIT_BAD_SETTINGS
+        if args.cmd == "check":
+            print(f"{args.config}: settings are valid for the {args.flow} flow (run {settings.run_name!r}, "
+                  f"outputs under {settings.run_dir})")
+            return 0
         if args.flow == "curate":
             from flows.curate import curate
 

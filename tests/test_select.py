@@ -126,18 +126,14 @@ def test_a_strategy_from_outside_the_package(tmp_path, monkeypatch, feats):
     (["nowhere.module:Cls"], "cannot be imported"),
 ])
 def test_bad_strategy_lists_fail_at_load(strategies, match):
-    from pydantic import ValidationError
+    from undercurve.config import ConfigError, load_settings
 
-    from undercurve.config import load_settings
-
-    with pytest.raises(ValidationError, match=match):
+    with pytest.raises(ConfigError, match=match):
         load_settings(None, {"selection.strategies": strategies})
 
 
 def test_bad_strategy_options_fail_at_load():
-    from pydantic import ValidationError
+    from undercurve.config import ConfigError, load_settings
 
-    from undercurve.config import load_settings
-
-    with pytest.raises(ValidationError, match="low < high"):
+    with pytest.raises(ConfigError, match="low < high"):
         load_settings(None, {"selection.strategies": ["eas_in_band"], "selection.options": {"eas_in_band": {"low": 0.9, "high": 0.1}}})

@@ -6,11 +6,14 @@ Relative paths are resolved against the current working directory at load time.
 
 from __future__ import annotations
 
+import difflib
+import glob
+import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from undercurve.answers import DEFAULT_BOX_OPENERS
 from undercurve.eas import EdisParams
@@ -37,8 +40,8 @@ class CorpusSettings(_Strict):
     # "demo" generates GSM8K-style problems offline; else a hub id, a JSONL or Parquet path.
     source: str = "demo"
     split: str = "train"
-    demo_size: int = 48
-    limit: int | None = None  # read at most this many rows (smoke runs)
+    demo_size: int = Field(48, ge=1)
+    limit: int | None = Field(None, ge=1)  # read at most this many rows (smoke runs)
     seed: int = 0
 
 
@@ -46,11 +49,11 @@ class DecontamSettings(_Strict):
     enabled: bool = True
     suites: list[Any] = Field(default_factory=lambda: ["gsm8k"])
     local_paths: dict[str, str] = Field(default_factory=dict)
-    ngram_n: int = 13
-    ngram_min_matches: int = 1
+    ngram_n: int = Field(13, ge=1)
+    ngram_min_matches: int = Field(1, ge=1)
     embedding: bool = False
     embedding_model: str = "sentence-transformers/all-MiniLM-L6-v2"
-    cosine_threshold: float | None = None  # None: the library default
+    cosine_threshold: float | None = Field(None, gt=0, le=1)  # None: the library default
     cache_dir: str | None = None
 
 
@@ -75,33 +78,40 @@ class AnswerSettings(_Strict):
 class ScoringSettings(_Strict):
     engine: Literal["torch", "vllm"] = "torch"
     mode: Literal["probe", "plain"] = "probe"
-    answer_prefix_tokens: int = 0  # L-1 in the paper's notation
-    top_k: int = 20  # vLLM engine only
-    batch_tokens: int = 16384
+    answer_prefix_tokens: int = Field(0, ge=0)  # L-1 in the paper's notation
+    top_k: int = Field(20, ge=-1)  # vLLM engine only; -1 = the full vocabulary (exact, slow)
+    batch_tokens: int = Field(16384, ge=1)
     device: str = "auto"
     dtype: str = "auto"
-    shard_size: int = 64
+    shard_size: int = Field(64, ge=1)
     # Scale-out of the torch engine's shards (Dask via prefect-dask): 1 = in the flow process;
     # N > 1 = a local cluster of N worker processes; or an existing cluster's address
     # (multi-node), with e.g. dask_cuda.LocalCUDACluster for one worker per GPU.
-    workers: int = 1
+    workers: int = Field(1, ge=1)
     dask_address: str | None = None
     dask_cluster_class: str | None = None
     edis: EdisSettings = Field(default_factory=EdisSettings)
 
+    @field_validator("top_k")
+    @classmethod
+    def _top_k(cls, v: int) -> int:
+        if v == 0:
+            raise ValueError("top_k must be >= 1, or -1 for the full vocabulary")
+        return v
+
 
 class PassRateSettings(_Strict):
     enabled: bool = True
-    rollouts: int = 4
-    temperature: float = 0.6
-    top_p: float = 0.95
-    max_tokens: int = 1024
-    shard_size: int = 256
+    rollouts: int = Field(4, ge=1)
+    temperature: float = Field(0.6, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_tokens: int = Field(1024, ge=1)
+    shard_size: int = Field(256, ge=1)
     seed: int = 0
 
 
 class SelectionSettings(_Strict):
-    budget: int = 5000
+    budget: int = Field(5000, ge=1)
     # built-in names (undercurve/strategies/) or custom ones as "package.module:Class"
     strategies: list[str] = Field(default_factory=lambda: ["random", "length", "pass_rate", "eas"], min_length=1)
     options: dict[str, dict[str, Any]] = Field(default_factory=dict)  # strategy name -> constructor options
@@ -134,13 +144,13 @@ class SelectionSettings(_Strict):
 class TrainSettings(_Strict):
     # Passed to undercurve.train.run_sft (keys: train.SFT_DEFAULTS); identical for every strategy.
     sft: dict[str, Any] = Field(default_factory=dict)
-    top_k_checkpoints: int = 3  # evaluated per strategy, lowest validation loss first
+    top_k_checkpoints: int = Field(3, ge=1)  # evaluated per strategy, lowest validation loss first
 
 
 class EvalSettings(_Strict):
     # evalscope benchmark -> local file/dir of {problem, answer} records, or null (from the hub)
     benchmarks: dict[str, str | None] = Field(default_factory=lambda: {"aime24": None, "aime25": None})
-    repeats: int = 32
+    repeats: int = Field(32, ge=1)
     # Passed to undercurve.evaluate.run_eval (keys: evaluate.EVAL_DEFAULTS).
     settings: dict[str, Any] = Field(default_factory=dict)
 
@@ -172,7 +182,7 @@ class RunSettings(_Strict):
 
 
 class Settings(RunSettings):
-    max_tokens: int = 20480  # length cap (prompt + response, chat template applied)
+    max_tokens: int = Field(20480, ge=1)  # length cap (prompt + response, chat template applied)
     # Name of a Prefect global concurrency limit held by every accelerator stage (scoring,
     # rollouts, SFT, evaluation), e.g. "gpu" made with `prefect gcl create gpu --limit 1`:
     # concurrent runs on one GPU machine then take turns. strict: a missing limit is an error.
@@ -188,26 +198,99 @@ class Settings(RunSettings):
     eval: EvalSettings = Field(default_factory=EvalSettings)
 
 
+    @model_validator(mode="after")
+    def _inputs_exist(self):
+        _check_local(self.model.path, "model.path", named=("tiny", "smollm2"))
+        _check_local(self.corpus.source, "corpus.source", named=("demo",))
+        return self
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # org/name
+
+
+def _check_local(value: str, key: str, named: tuple[str, ...]) -> None:
+    """A value that is not a known name and not hub-id shaped must exist on disk (globs: match)."""
+    if value in named or Path(value).exists():
+        return
+    if any(c in value for c in "*?[") and glob.glob(value):
+        return
+    data_file = re.search(r"\.(jsonl|json|parquet|csv|arrow|gz|zst|txt)$", value, re.IGNORECASE)
+    if _HUB_ID.match(value) and not data_file:
+        return  # resolved on the hub when the run starts
+    raise ValueError(f"{key}: {value!r} does not exist (a local path), is not a hub id (org/name), "
+                     f"and is not one of {list(named)}")
+
+
+class ConfigError(ValueError):
+    """A bad setting, said in a few lines that name the key, the value and what is allowed."""
+
+
 def load_settings(path: str | Path | None = None, overrides: dict | None = None) -> Settings:
     """YAML file (or the embedded defaults) + nested overrides -> validated Settings."""
     return load_yaml_settings(Settings, path, overrides)
 
 
 def load_yaml_settings(cls: type[_S], path: str | Path | None = None, overrides: dict | None = None) -> _S:
-    """YAML file (safe_load) + dotted overrides ("scoring.mode": "plain") -> validated ``cls``."""
+    """YAML file (safe_load) + dotted overrides ("scoring.mode": "plain") -> validated ``cls``.
+
+    Raises ``ConfigError`` (a ValueError) with a short message for every kind of bad setting."""
+    where = str(path) if path is not None else "settings"
     data: dict = {}
     if path is not None:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh) or {}
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = yaml.safe_load(fh) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: top level must be a mapping")
+            raise ConfigError(f"{path}: the top level must be a mapping of settings")
     for dotted, value in (overrides or {}).items():
         _set_dotted(data, dotted, value)
-    return cls.model_validate(data)
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, cls, where)) from None
 
 
 def _set_dotted(data: dict, dotted: str, value) -> None:
     keys = dotted.split(".")
-    for k in keys[:-1]:
+    for i, k in enumerate(keys[:-1]):
         data = data.setdefault(k, {})
+        if not isinstance(data, dict):
+            raise ConfigError(f"--set {dotted}: {'.'.join(keys[: i + 1])} is a value, not a section")
     data[keys[-1]] = value
+
+
+def known_keys(cls: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every dotted setting name of ``cls`` (sections and leaves)."""
+    out = []
+    for name, f in cls.model_fields.items():
+        out.append(prefix + name)
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out += known_keys(ann, f"{prefix}{name}.")
+    return out
+
+
+def _describe(err: ValidationError, cls: type[BaseModel], where: str, most: int = 5) -> str:
+    keys = known_keys(cls)
+    lines = []
+    for e in err.errors()[:most]:
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            parent = key.rsplit(".", 1)[0] + "." if "." in key else ""
+            siblings = [k for k in keys if k.startswith(parent) and "." not in k[len(parent):]]
+            guess = difflib.get_close_matches(key, siblings, n=1, cutoff=0.6)
+            hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+            lines.append(f"unknown setting {key!r}{hint}")
+            continue
+        msg = e["msg"].removeprefix("Value error, ")
+        value = e.get("input")
+        shown = repr(value) if not isinstance(value, dict) else "{...}"
+        lines.append(f"{key or '(top level)'} = {shown[:80]}: {msg}" if key else msg)
+    more = len(err.errors()) - most
+    if more > 0:
+        lines.append(f"... and {more} more")
+    return f"{where}: " + ("\n  ".join(lines) if len(lines) == 1 else "\n  " + "\n  ".join(lines))

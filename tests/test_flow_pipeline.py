@@ -1,0 +1,52 @@
+"""The pipeline flow end to end on the tiny model, as real Prefect runs: curate -> ms-swift SFT
+per selection -> evalscope Pass@1 -> comparison report, all recorded in one DuckDB file."""
+
+import polars as pl
+
+from conftest import demo_overrides
+from undercurve.registry import Registry
+
+SMALL = {
+    "corpus.demo_size": 12, "pass_rate.enabled": False, "selection.strategies": ["random", "eas"],
+    "selection.budget": 4,
+    "train.sft": {"tuner_type": "full", "max_steps": 2, "save_strategy": "steps", "save_steps": 1,
+                  "max_length": 256, "gradient_accumulation_steps": 1, "split_dataset_ratio": 0.25,
+                  "learning_rate": 1.0e-4, "logging_steps": 1, "per_device_train_batch_size": 2,
+                  "per_device_eval_batch_size": 2, "dataloader_num_workers": 0},
+    "train.top_k_checkpoints": 1,
+    "eval.repeats": 2,
+    "eval.settings": {"generation_config": {"max_tokens": 8, "temperature": 0.6, "top_p": 0.95}, "limit": 2},
+}
+
+
+def test_pipeline_curates_trains_evaluates_and_reports(prefect_harness, tmp_path):
+    from flows.pipeline import pipeline
+
+    out = pipeline("configs/demo.yaml", demo_overrides(tmp_path, **SMALL, **{"model.tiny_dir": str(tmp_path / "m")}))
+    reg = Registry(tmp_path / "registry.duckdb")
+    runs = reg.query("SELECT run_id, flow, status FROM runs ORDER BY started_at")
+    assert runs["flow"].to_list() == ["curate", "train_eval"] and set(runs["status"]) == {"COMPLETED"}
+    te_run = out["train_eval"]
+    assert out["train_eval"]["curate_run_id"] == out["curate"]["run_id"]
+    te_id = runs.filter(pl.col("flow") == "train_eval")["run_id"][0]
+
+    # two checkpoints per strategy (save every step, 2 steps), each on disk with weights
+    ckpts = reg.query("SELECT strategy, checkpoint, val_loss, path FROM checkpoints WHERE run_id = ?", [te_id])
+    assert sorted(ckpts["strategy"].to_list()) == ["eas", "eas", "random", "random"]
+    assert ckpts["val_loss"].null_count() == 0
+
+    # the best checkpoint of each strategy evaluated on both benchmarks, 2 repeats each
+    ev = reg.query("SELECT strategy, benchmark, pass1_mean, n_repeats, checkpoint FROM eval_results "
+                   "WHERE run_id = ? ORDER BY ALL", [te_id])
+    assert ev.select("strategy", "benchmark").rows() == [("eas", "aime24"), ("eas", "aime25"),
+                                                         ("random", "aime24"), ("random", "aime25")]
+    assert set(ev["n_repeats"]) == {2} and ev["pass1_mean"].is_between(0, 1).all()
+    best = {s: ckpts.filter(pl.col("strategy") == s).sort("val_loss")["path"][0] for s in ("eas", "random")}
+    assert {s: c for s, c in ev.select("strategy", "checkpoint").unique().iter_rows()} == best
+
+    # the comparison report: random absolute, eas as a delta, on disk and registered
+    csv = pl.read_csv(te_run["csv_path"])
+    assert set(csv["strategy"]) == {"random", "eas"}
+    kinds = set(reg.query("SELECT kind FROM artifacts WHERE run_id = ?", [te_id])["kind"])
+    assert {"checkpoint:eas", "checkpoint:random", "comparison_md", "comparison_csv"} <= kinds
+    assert "| random" in te_run["markdown"] or "random" in te_run["markdown"]
