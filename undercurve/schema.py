@@ -15,6 +15,10 @@ SAMPLE_SCHEMA = {
     "prompt": pl.Utf8,  # the question, without chat template
     "response": pl.Utf8,  # reasoning + solution, ends with a \boxed{} final answer
     "answer": pl.Utf8,  # ground-truth final answer
+    # where the answer came from: "field" (the record's answer), "reference_answer" (chat
+    # info.reference_answer), "gsm8k" (the '#### N' line), "response_boxed" (the response's own
+    # last \boxed{}); null in frames built without it
+    "answer_source": pl.Utf8,
 }
 
 SET_ASIDE_SCHEMA = {

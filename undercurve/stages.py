@@ -102,12 +102,29 @@ def prepare_inputs(ctx: RunContext) -> dict:
 
 
 def ingest_stage(ctx: RunContext, corpus: str) -> StageResult:
-    from undercurve.ingest import ingest
+    """Stream the corpus into samples.parquet + set_aside.parquet (never all rows in memory),
+    then record them as ``_finish`` does. A corpus with no usable row fails the run."""
+    from undercurve.ingest import NoUsableRows, ingest_to
 
     s = ctx.settings.corpus
-    samples, aside = ingest(corpus, split=s.split, limit=s.limit, box_openers=ctx.settings.answers.box_openers)
-    rows_in = samples.height + aside.height
-    return _finish(ctx, "ingest", samples, aside, rows_in, None, extra={"source": corpus})
+    d = ctx.stage_dir("ingest")
+    path, aside_path = d / "samples.parquet", d / "set_aside.parquet"
+    counts = ingest_to(corpus, path, aside_path, split=s.split, limit=s.limit,
+                       box_openers=ctx.settings.answers.box_openers)
+    if not counts.balanced:
+        raise AssertionError(f"ingest: rows in {counts.rows_in} != kept {counts.kept} + set aside {counts.set_aside}")
+    if counts.kept == 0:
+        raise NoUsableRows(corpus, counts, aside_path if counts.set_aside else None)
+    extra = {"source": corpus, "set_aside_reasons": counts.reasons}
+    reg = ctx.registry
+    aid = reg.add_artifact(ctx.run_id, "ingest", "samples", path, counts.kept, parents=[], meta=extra)
+    if counts.set_aside:
+        reg.add_artifact(ctx.run_id, "ingest", "set_aside", aside_path, counts.set_aside, parents=[])
+        reg.add_set_aside(ctx.run_id, "ingest", pl.read_parquet(aside_path))
+    else:
+        aside_path.unlink(missing_ok=True)  # as _finish: no set-aside file when nothing was set aside
+    log.info("ingest: %d in, %d kept, %d set aside -> %s", counts.rows_in, counts.kept, counts.set_aside, path)
+    return StageResult("ingest", str(path), aid, counts.rows_in, counts.kept, counts.set_aside, extra)
 
 
 def decontaminate_stage(ctx: RunContext, prev: StageResult, demo_benchmark: str | None) -> StageResult:
