@@ -82,7 +82,7 @@ def main() -> None:
     planted = [json.loads(line)["problem"] for line in open(BENCH / "aime24.jsonl")][:3]
     prompts = synth(args.n - len(planted)) + planted
     df = pl.DataFrame({"id": [f"s{i}" for i in range(len(prompts))], "source": "synthetic", "prompt": prompts,
-                       "response": "", "answer": ""}, schema=SAMPLE_SCHEMA)
+                       "response": "", "answer": "", "answer_source": None}, schema=SAMPLE_SCHEMA)
     words = df["prompt"].str.split(" ").list.len()
     tmp = Path(tempfile.mkdtemp(prefix="bench-decontam-"))
     suite_file = tmp / "synthetic_suite.jsonl"

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--flow", choices=["pipeline", "curate", "train_eval", "validate"], default="pipeline",
                      help="validate takes its own config, e.g. configs/validate_demo.yaml")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
-    run.add_argument("--debug", action="store_true", help="show tracebacks of bad settings")
+    run.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     chk = sub.add_parser("check", help="validate a config (and --set overrides) without running anything")
     chk.add_argument("config", nargs="?", default="configs/demo.yaml")
     chk.add_argument("--flow", choices=["pipeline", "curate", "train_eval", "validate"], default="pipeline")
@@ -89,38 +89,46 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.config}: settings are valid for the {args.flow} flow (run {settings.run_name!r}, "
                   f"outputs under {settings.run_dir})")
             return 0
-        if args.flow == "curate":
-            from flows.curate import curate
+        from undercurve.watchdog import start_watchdog
 
-            _print_summary(curate(args.config, overrides))
-        elif args.flow == "train_eval":
-            from flows.train_eval import train_eval
+        start_watchdog(str(settings.registry_path.resolve()))  # no child outlives this process
+        try:
+            _run(args, overrides)
+        except KeyboardInterrupt:
+            print("undercurve: cancelled", file=sys.stderr)
+            return 130
+        except BaseException as exc:  # noqa: BLE001 - one line, the run's state is in the registry
+            from undercurve.run import Cancelled, one_line
 
-            _print_comparison(train_eval(args.config, overrides))
-        elif args.flow == "validate":
-            from flows.validate import validate
-
-            out = validate(args.config, overrides)
-            print("\n" + out["markdown"])
-            print("outputs:", out["run_dir"])
-        else:
-            from flows.pipeline import pipeline
-
-            out = pipeline(args.config, overrides)
-            _print_summary(out["curate"])
-            _print_comparison(out["train_eval"])
+            if args.debug:
+                raise
+            if isinstance(exc, Cancelled):
+                print(f"undercurve: cancelled ({exc})", file=sys.stderr)
+                return 143
+            print(f"undercurve: run failed: {one_line(exc)}  (--debug for the traceback)", file=sys.stderr)
+            return 1
         return 0
 
     import polars as pl
 
     pl.Config.set_tbl_rows(200)
     pl.Config.set_fmt_str_lengths(80)
-    reg = _registry(args.registry, args.config)
+    from undercurve.registry import RegistryMissing
+
+    try:
+        reg = _registry(args.registry, args.config)
+    except RegistryMissing as e:
+        print(f"undercurve: {e} (a read command never creates one)", file=sys.stderr)
+        return 1
+    reg.reap_crashed()  # RUNNING runs whose owner is gone are CRASHED, and shown so
+    if args.cmd == "show" and reg.query("SELECT 1 FROM runs WHERE run_id = ?", [args.run_id]).height == 0:
+        print(f"undercurve: no run {args.run_id!r} in {reg.path}", file=sys.stderr)
+        return 1
     if args.cmd == "runs":
-        print(reg.query("SELECT run_id, flow, run_name, status, started_at, finished_at, code_version "
+        print(reg.query("SELECT run_id, flow, run_name, status, started_at, finished_at, code_version, reason "
                         "FROM runs ORDER BY started_at DESC"))
     elif args.cmd == "show":
-        print(reg.query("SELECT run_id, flow, status, summary_json FROM runs WHERE run_id = ?", [args.run_id]))
+        print(reg.query("SELECT run_id, flow, status, reason, summary_json FROM runs WHERE run_id = ?", [args.run_id]))
         print(reg.query("SELECT artifact_id, stage, kind, rows, path FROM artifacts WHERE run_id = ? "
                         "ORDER BY created_at", [args.run_id]))
         print(reg.query("SELECT c.stage || ':' || c.kind AS child, p.stage || ':' || p.kind AS parent "
@@ -131,6 +139,29 @@ def main(argv: list[str] | None = None) -> int:
         print(reg.query("SELECT r.run_name, s.run_id, s.strategy, count(*) AS n, avg(s.score) AS mean_score "
                         "FROM selections s JOIN runs r USING (run_id) GROUP BY ALL ORDER BY r.run_name, s.strategy"))
     return 0
+
+
+def _run(args, overrides: dict | None) -> None:
+    if args.flow == "curate":
+        from flows.curate import curate
+
+        _print_summary(curate(args.config, overrides))
+    elif args.flow == "train_eval":
+        from flows.train_eval import train_eval
+
+        _print_comparison(train_eval(args.config, overrides))
+    elif args.flow == "validate":
+        from flows.validate import validate
+
+        out = validate(args.config, overrides)
+        print("\n" + out["markdown"])
+        print("outputs:", out["run_dir"])
+    else:
+        from flows.pipeline import pipeline
+
+        out = pipeline(args.config, overrides)
+        _print_summary(out["curate"])
+        _print_comparison(out["train_eval"])
 
 
 def _print_summary(summary: dict) -> None:

@@ -8,7 +8,7 @@ from prefect import flow
 
 from tasks import curate as t
 from undercurve.config import load_settings
-from undercurve.io import run_lock
+from undercurve.run import cancel_on_sigterm, tracked
 from undercurve.stages import model_stages
 
 
@@ -22,35 +22,32 @@ def score_shards(ctx, shards: list, model: str) -> list[bool]:
 @flow(name="curate")
 def curate(config: str | None = "configs/demo.yaml", overrides: dict | None = None) -> dict:
     settings = load_settings(config, overrides)
+    cancel_on_sigterm()
     ctx = t.start_run(settings, "curate")
     results = []
-    try:
-        with run_lock(settings.run_dir):
-            inputs = t.prepare_inputs(ctx)
-            ing = t.ingest(ctx, inputs["corpus"])
-            dec = t.decontaminate(ctx, ing, inputs["demo_benchmark"])
-            cap = t.length_cap(ctx, dec, inputs["model"])
-            results += [ing, dec, cap]
-            strategies = settings.selection.strategies
-            needed = model_stages(settings)
-            # The two model stages run one after the other (one accelerator each time).
-            scores = None
-            if "score" in needed and settings.scoring.engine == "torch":
-                shards = t.score_plan(ctx, cap, inputs["model"])
-                score_shards.with_options(task_runner=t.shard_runner(settings.scoring))(ctx, shards, inputs["model"])
-                scores = t.score_merge(ctx, cap, shards)
-            elif "score" in needed:
-                scores = t.score(ctx, cap, inputs["model"])
-            rates = (t.pass_rate(ctx, cap, inputs["model"])
-                     if "pass_rate" in needed and settings.pass_rate.enabled else None)
-            results += [r for r in (scores, rates) if r is not None]
-            feats = t.features(ctx, cap, scores, rates)
-            futures = [t.select.submit(ctx, feats, cap, s) for s in strategies]
-            results += [f.result() for f in futures]  # .result() raises if a selection failed
-    except BaseException:
-        t.finish_run(ctx, "FAILED", results)
-        raise
-    return t.finish_run(ctx, "COMPLETED", results)
+    with tracked(ctx):  # lock, heartbeat, FAILED/CANCELLED with a reason
+        inputs = t.prepare_inputs(ctx, fresh=True)
+        ing = t.ingest(ctx, inputs["corpus"])
+        dec = t.decontaminate(ctx, ing, inputs["demo_benchmark"])
+        cap = t.length_cap(ctx, dec, inputs["model"])
+        results += [ing, dec, cap]
+        strategies = settings.selection.strategies
+        needed = model_stages(settings)
+        # The two model stages run one after the other (one accelerator each time).
+        scores = None
+        if "score" in needed and settings.scoring.engine == "torch":
+            shards = t.score_plan(ctx, cap, inputs["model"])
+            score_shards.with_options(task_runner=t.shard_runner(settings.scoring))(ctx, shards, inputs["model"])
+            scores = t.score_merge(ctx, cap, shards)
+        elif "score" in needed:
+            scores = t.score(ctx, cap, inputs["model"])
+        rates = (t.pass_rate(ctx, cap, inputs["model"])
+                 if "pass_rate" in needed and settings.pass_rate.enabled else None)
+        results += [r for r in (scores, rates) if r is not None]
+        feats = t.features(ctx, cap, scores, rates)
+        futures = [t.select.submit(ctx, feats, cap, s) for s in strategies]
+        results += [f.result() for f in futures]  # .result() raises if a selection failed
+        return t.finish_run(ctx, "COMPLETED", results)
 
 
 if __name__ == "__main__":

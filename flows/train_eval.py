@@ -9,13 +9,20 @@ from prefect import flow
 from tasks import curate as c
 from tasks import train_eval as t
 from undercurve.config import load_settings
+from undercurve.run import cancel_on_sigterm, tracked
 
 
 @flow(name="train_eval")
 def train_eval(config: str | None = "configs/demo.yaml", overrides: dict | None = None,
                curate_run_id: str | None = None) -> dict:
     settings = load_settings(config, overrides)
+    cancel_on_sigterm()
     ctx = c.start_run(settings, "train_eval")
+    with tracked(ctx):  # the same lock, heartbeat and final states as curate
+        return _train_eval(ctx, settings, curate_run_id)
+
+
+def _train_eval(ctx, settings, curate_run_id: str | None) -> dict:
     inputs = c.prepare_inputs(ctx)
     source_run, selections = t.find_selections(ctx, curate_run_id)
     benchmarks = t.resolve_benchmarks(ctx, inputs["demo_benchmark"])

@@ -8,32 +8,28 @@ import tasks  # noqa: F401
 from prefect import flow
 
 from tasks import validate as t
-from undercurve.io import run_lock
+from undercurve.run import cancel_on_sigterm, tracked
 from undercurve.validation.config import load_validate_settings
 
 
 @flow(name="validate")
 def validate(config: str | None = "configs/validate_demo.yaml", overrides: dict | None = None) -> dict:
     settings = load_validate_settings(config, overrides)
+    cancel_on_sigterm()
     ctx = t.start_run(settings)
-    summary: dict = {}
-    try:
-        with run_lock(settings.run_dir):
-            prep = t.prepare(ctx)
-            gen = t.generate(ctx, prep["questions"], prep["model"])
-            ent = t.entropy(ctx, gen)
-            scores = t.score(ctx, prep["questions"], gen, prep["model"])
-            sig = t.signals(ctx, prep["questions"], gen, scores, prep["model"])
-            analysis = t.analyse(ctx, ent, scores, sig)
-            figs = t.figures(ctx, ent, scores, sig, analysis)
-            summary = {"run_id": ctx.run_id, "run_dir": str(settings.run_dir.resolve()),
-                       "questions": prep["n_questions"], "samples": gen["rows"], "scored": scores["scored"],
-                       "set_aside": scores["set_aside"], "report": analysis["paths"]["report"],
-                       "markdown": analysis["markdown"], "figures": figs}
-    except BaseException:
-        t.finish(ctx, "FAILED", summary)
-        raise
-    return t.finish(ctx, "COMPLETED", summary)
+    with tracked(ctx):
+        prep = t.prepare(ctx)
+        gen = t.generate(ctx, prep["questions"], prep["model"])
+        ent = t.entropy(ctx, gen)
+        scores = t.score(ctx, prep["questions"], gen, prep["model"])
+        sig = t.signals(ctx, prep["questions"], gen, scores, prep["model"])
+        analysis = t.analyse(ctx, ent, scores, sig)
+        figs = t.figures(ctx, ent, scores, sig, analysis)
+        summary = {"run_id": ctx.run_id, "run_dir": str(settings.run_dir.resolve()),
+                   "questions": prep["n_questions"], "samples": gen["rows"], "scored": scores["scored"],
+                   "set_aside": scores["set_aside"], "report": analysis["paths"]["report"],
+                   "markdown": analysis["markdown"], "figures": figs}
+        return t.finish(ctx, "COMPLETED", summary)
 
 
 if __name__ == "__main__":

@@ -18,14 +18,18 @@ from undercurve import stages
 from undercurve.config import ScoringSettings, Settings
 from undercurve.io import Shard
 from undercurve.registry import Registry
-from undercurve.stages import RunContext, StageResult
+from undercurve.run import RunContext
+from undercurve.stages import StageResult
 
 _opts = dict(cache_policy=NO_CACHE, persist_result=False)
 
 
-@task(name="start-run", **_opts)
 def start_run(settings: Settings, flow: str) -> RunContext:
-    reg = Registry(settings.registry_path)
+    """Register the run (not a task: every task would then hang off it in the dashboard graph).
+
+    Runs whose owner died (SIGKILL, power loss) are marked CRASHED first."""
+    reg = Registry(settings.registry_path, create=True)
+    reg.reap_crashed()
     run_id = reg.start_run(flow, settings.run_name, settings.model_dump(), settings.fingerprint(),
                            str(runtime.flow_run.id) if runtime.flow_run.id else None)
     get_run_logger().info("run %s (%s) -> %s, registry %s", run_id, settings.run_name, settings.run_dir,
@@ -34,8 +38,8 @@ def start_run(settings: Settings, flow: str) -> RunContext:
 
 
 @task(name="prepare-inputs", **_opts)
-def prepare_inputs(ctx: RunContext) -> dict:
-    return stages.prepare_inputs(ctx)
+def prepare_inputs(ctx: RunContext, fresh: bool = False) -> dict:
+    return stages.prepare_inputs(ctx, fresh)
 
 
 @task(name="ingest", **_opts)
@@ -137,7 +141,8 @@ def shard_runner(sc: ScoringSettings):
     if sc.dask_address:
         return DaskTaskRunner(address=sc.dask_address)
     return DaskTaskRunner(cluster_class=sc.dask_cluster_class or "distributed.LocalCluster",
-                          cluster_kwargs={"n_workers": sc.workers, "threads_per_worker": 1, "processes": True})
+                          cluster_kwargs={"n_workers": sc.workers, "threads_per_worker": 1, "processes": True,
+                                          "host": sc.dask_host, "dashboard_address": sc.dask_dashboard_address})
 
 
 def _report_markdown(report: dict) -> str:

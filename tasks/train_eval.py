@@ -7,7 +7,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from undercurve import train_stages
-from undercurve.stages import RunContext
+from undercurve.run import RunContext
 from tasks.curate import _opts, accelerator
 
 

@@ -11,7 +11,7 @@ from prefect import get_run_logger, runtime, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from undercurve.registry import Registry
-from undercurve.stages import RunContext
+from undercurve.run import RunContext
 from undercurve.validation import stages
 from undercurve.validation.config import ValidateSettings
 from tasks.curate import _opts
@@ -25,9 +25,9 @@ FIGURE_TEXT = {
 }
 
 
-@task(name="start-validate-run", **_opts)
 def start_run(settings: ValidateSettings) -> RunContext:
-    reg = Registry(settings.registry_path)
+    reg = Registry(settings.registry_path, create=True)
+    reg.reap_crashed()
     run_id = reg.start_run("validate", settings.run_name, settings.model_dump(), settings.fingerprint(),
                            str(runtime.flow_run.id) if runtime.flow_run.id else None)
     get_run_logger().info("validate run %s -> %s", run_id, settings.run_dir)

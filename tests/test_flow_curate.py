@@ -101,12 +101,18 @@ def test_rerun_resumes_and_gives_identical_selections(curated, prefect_harness):
     from flows.curate import curate
 
     workdir, first = curated
-    shard = workdir / "demo" / "score" / "shards" / "shard-00000.parquet"
+    shards = workdir / "demo" / "score" / "shards"
+    shard, damaged = shards / "shard-00000.parquet", shards / "shard-00001.parquet"
     before = shard.stat().st_mtime_ns
+    damaged.write_bytes(damaged.read_bytes()[:-100])  # truncated on disk after it finished
     selections = {s: (workdir / "demo" / "select" / f"{s}.parquet").read_bytes() for s in ("random", "length", "eas", "pass_rate")}
     second = curate("configs/demo.yaml", demo_overrides(workdir))
     assert second["run_id"] != first["run_id"]
-    assert shard.stat().st_mtime_ns == before  # finished shard not recomputed
+    assert shard.stat().st_mtime_ns == before  # finished, verified shard not recomputed
+    notes = Registry(workdir / "registry.duckdb").query(
+        "SELECT shard, skipped, note FROM shard_runs WHERE run_id = ? ORDER BY shard", [second["run_id"]])
+    assert notes.filter(pl.col("shard") == 1).row(0) == (1, False, "output failed verification: recomputed")
+    assert notes.filter(pl.col("shard") != 1)["skipped"].all()
     for s, data in selections.items():
         assert (workdir / "demo" / "select" / f"{s}.parquet").read_bytes() == data, s
 
@@ -121,6 +127,8 @@ def test_cli_inspects_the_registry(curated, capsys):
     assert main(["show", summary["run_id"], "--registry", reg]) == 0
     shown = capsys.readouterr().out
     assert "swift_jsonl:eas" in shown and "contamination:ngram" in shown
+    assert main(["show", "no-such-run", "--registry", reg]) == 1  # an unknown id is an error
+    assert "no run 'no-such-run'" in capsys.readouterr().err
     assert main(["compare", "--registry", reg]) == 0
     out = capsys.readouterr().out
     assert "eas" in out and "length" in out  # pass_rate: no eligible sample with the random model

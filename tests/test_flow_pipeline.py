@@ -8,11 +8,7 @@ from undercurve.registry import Registry
 
 SMALL = {
     "corpus.demo_size": 12, "pass_rate.enabled": False, "selection.strategies": ["random", "eas"],
-    "selection.budget": 4,
-    "train.sft": {"tuner_type": "full", "max_steps": 2, "save_strategy": "steps", "save_steps": 1,
-                  "max_length": 256, "gradient_accumulation_steps": 1, "split_dataset_ratio": 0.25,
-                  "learning_rate": 1.0e-4, "logging_steps": 1, "per_device_train_batch_size": 2,
-                  "per_device_eval_batch_size": 2, "dataloader_num_workers": 0},
+    "selection.budget": 10,  # 2 of them held out for the validation loss; the demo's SFT settings
     "train.top_k_checkpoints": 1,
     "eval.repeats": 2,
     "eval.settings": {"generation_config": {"max_tokens": 8, "temperature": 0.6, "top_p": 0.95}, "limit": 2},
@@ -30,7 +26,7 @@ def test_pipeline_curates_trains_evaluates_and_reports(prefect_harness, tmp_path
     assert out["train_eval"]["curate_run_id"] == out["curate"]["run_id"]
     te_id = runs.filter(pl.col("flow") == "train_eval")["run_id"][0]
 
-    # two checkpoints per strategy (save every step, 2 steps), each on disk with weights
+    # two checkpoints per strategy (the demo: 4 steps, a checkpoint every 2), each with a validation loss
     ckpts = reg.query("SELECT strategy, checkpoint, val_loss, path FROM checkpoints WHERE run_id = ?", [te_id])
     assert sorted(ckpts["strategy"].to_list()) == ["eas", "eas", "random", "random"]
     assert ckpts["val_loss"].null_count() == 0

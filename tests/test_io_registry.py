@@ -48,7 +48,7 @@ def _writer(path, worker, n):
 
 def test_concurrent_processes_never_lose_registry_writes(tmp_path):
     path = tmp_path / "reg.duckdb"
-    Registry(path)
+    Registry(path, create=True)
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_writer, args=(str(path), w, 15)) for w in range(3)]
     for p in procs:
@@ -62,7 +62,7 @@ def test_concurrent_processes_never_lose_registry_writes(tmp_path):
 
 
 def test_artifacts_hash_and_lineage(tmp_path):
-    reg = Registry(tmp_path / "r.duckdb")
+    reg = Registry(tmp_path / "r.duckdb", create=True)
     a = tmp_path / "a.txt"
     a.write_text("hello")
     run = reg.start_run("curate", "t", {}, "h")

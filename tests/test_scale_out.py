@@ -30,3 +30,4 @@ def test_scoring_shards_on_two_dask_workers(prefect_harness, tmp_path):
     # in-process: every shard in this process; Dask: every shard in a Dask worker process
     assert all(w.endswith(me) for w in workers_seen[1])
     assert all(" dask=" in w and me + " " not in w for w in workers_seen[2])
+    assert all(" dask=tcp://127.0.0.1:" in w for w in workers_seen[2])  # loopback by default

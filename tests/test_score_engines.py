@@ -7,7 +7,8 @@ from conftest import have_vllm
 from undercurve.config import load_settings
 from undercurve.ingest import ingest
 from undercurve.registry import Registry
-from undercurve.stages import RunContext, StageResult, score_stage
+from undercurve.run import RunContext
+from undercurve.stages import StageResult, score_stage
 
 
 
@@ -26,7 +27,7 @@ def test_score_stage_with_torch_and_vllm_engines(tmp_path, tiny_model):
     for engine in ("torch", "vllm"):
         settings = load_settings("configs/demo.yaml", {"workdir": str(tmp_path / engine), "scoring.engine": engine,
                                                        "scoring.top_k": 20, "scoring.shard_size": 2})
-        reg = Registry(settings.registry_path)
+        reg = Registry(settings.registry_path, create=True)
         ctx = RunContext(settings, reg.start_run("curate", "t", {}, "h"), str(settings.registry_path))
         res = score_stage(ctx, prev, str(tiny_model))
         assert res.rows_out == samples.height and res.extra["engine"] == engine

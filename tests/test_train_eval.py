@@ -10,7 +10,8 @@ import pytest
 
 from undercurve.evaluate import run_eval, task_config_kwargs, EVAL_DEFAULTS, write_local_benchmark
 from undercurve.report import comparison_table, to_markdown, write_report
-from undercurve.train import ToolError, list_checkpoints, load_sft_result, run_sft, sft_command
+from undercurve.jobs import JobFailed
+from undercurve.train import list_checkpoints, load_sft_result, run_sft, sft_command
 
 AIME_TINY = Path(__file__).parent / "data" / "eval" / "aime_tiny.jsonl"
 
@@ -93,7 +94,7 @@ def test_sft_lora_then_eval(lora_run, tmp_path):
 
 
 def test_failed_sft_names_the_log(tiny_model, tmp_path):
-    with pytest.raises(ToolError) as err:
+    with pytest.raises(JobFailed) as err:
         run_sft(tmp_path / "missing.jsonl", tiny_model, tmp_path / "out", TINY_SFT)
     log = tmp_path / "out" / "sft.log"
     assert err.value.log_path == log and log.exists()

@@ -144,7 +144,7 @@ def test_compare_strategies_accuracy():
 
 # ---------------------------------------------------------------- top-K table, picking, figures
 def test_topk_table_uses_the_bound():
-    from undercurve.metrics import topk_truncation_bound
+    from undercurve.eas import topk_truncation_bound
     from undercurve.validation.stages import topk_table
 
     cands = pl.DataFrame({"topk_mass": [[0.99, 0.98], [1.0, 0.9]], "topk_lost": [[0.01, 0.02], [0.0, 0.3]]})
@@ -188,13 +188,12 @@ def test_figures_are_written(tmp_path):
 
 
 def test_settings_reject_unknown_keys_and_too_large_n(tmp_path):
-    from pydantic import ValidationError
-
+    from undercurve.config import ConfigError
     from undercurve.validation.config import load_validate_settings
 
-    with pytest.raises(ValidationError):
+    with pytest.raises(ConfigError, match="did you mean 'generation.n'"):
         load_validate_settings(None, {"generation.nn": 3})
-    with pytest.raises(ValidationError):
+    with pytest.raises(ConfigError):
         load_validate_settings(None, {"generation.n": 4, "best_of_n.m": [4], "best_of_n.k": 2})
     s = load_validate_settings("configs/validate_demo.yaml")
     assert s.generation.n >= max(s.best_of_n.m) * s.best_of_n.k

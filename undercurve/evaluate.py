@@ -23,26 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from undercurve.train import ToolError, is_lora_checkpoint, log_tail, merge_lora, merge_settings, run_logged
+from undercurve.config import EvalToolSettings
+from undercurve.jobs import JobFailed, log_tail, run_job
+from undercurve.train import is_lora_checkpoint, merge_lora, merge_settings
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# Defaults for the settings mapping given to run_eval.
-EVAL_DEFAULTS: dict[str, Any] = {
-    "eval_type": "llm_ckpt",  # llm_ckpt | openai_api
-    "api_url": None,  # openai_api: e.g. http://127.0.0.1:8000/v1
-    "api_key": "EMPTY",
-    "served_model_name": None,  # openai_api: model name the server knows; None -> checkpoint path
-    # DeepSeek-R1 distill recommended sampling; max_tokens bounds the reasoning length
-    "generation_config": {"max_tokens": 32768, "temperature": 0.6, "top_p": 0.95},
-    "eval_batch_size": None,  # None -> evalscope's default (1 local, larger for APIs)
-    "model_args": {},  # llm_ckpt: e.g. {"precision": "torch.bfloat16", "device_map": "auto"}
-    "dataset_hub": "modelscope",  # for benchmarks given as None (hub): modelscope | huggingface
-    "limit": None,  # first N problems per benchmark (smoke runs)
-    "seed": 42,
-    "env": {},
-    "timeout_s": None,
-}
+# Every evaluation setting and its default: undercurve.config.EvalToolSettings (one place).
+EVAL_DEFAULTS: dict[str, Any] = EvalToolSettings().model_dump()
 
 
 @dataclass
@@ -146,10 +134,10 @@ def run_eval(checkpoint_dir: str | Path | None, benchmarks: Mapping[str, str | P
              settings: Any = None, *, work_dir: str | Path | None = None, python: str | None = None) -> EvalResult:
     """Evaluate one checkpoint on benchmarks (name -> local dir from write_local_benchmark, or None = hub).
 
-    work_dir defaults to ``<checkpoint_dir>-eval``. Raises ToolError with the log tail and
+    work_dir defaults to ``<checkpoint_dir>-eval``. Raises JobFailed with the log tail and
     ``work_dir/eval.log`` when evalscope fails.
     """
-    s = merge_settings(EVAL_DEFAULTS, settings, "evaluation")
+    s = merge_settings(EvalToolSettings, settings, "evaluation")
     if not benchmarks:
         raise ValueError("no benchmarks given")
     for name, p in benchmarks.items():
@@ -179,7 +167,7 @@ def run_eval(checkpoint_dir: str | Path | None, benchmarks: Mapping[str, str | P
     log_path = work_dir / "eval.log"
     # the child runs from work_dir: make this package importable even without an install
     child_env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(_REPO_ROOT), os.environ.get("PYTHONPATH")]))}
-    run_logged([python or sys.executable, "-m", "undercurve.evaluate", str(job_path)], log_path,
+    run_job([python or sys.executable, "-m", "undercurve.evaluate", str(job_path)], log_path,
                what="evalscope evaluation", env=child_env, timeout_s=s["timeout_s"], cwd=work_dir)
 
     result = EvalResult(model=model, work_dir=work_dir, log_path=log_path, repeats=int(repeats))
@@ -187,11 +175,11 @@ def run_eval(checkpoint_dir: str | Path | None, benchmarks: Mapping[str, str | P
         try:
             result.benchmarks[name] = read_benchmark_score(work_dir, name)
         except (FileNotFoundError, ValueError) as exc:
-            raise ToolError(f"evalscope finished but its output for {name} is unusable: {exc}; full log: {log_path}\n"
+            raise JobFailed(f"evalscope finished but its output for {name} is unusable: {exc}; full log: {log_path}\n"
                             f"--- log tail ---\n{log_tail(log_path)}", log_path) from exc
         got = len(result.benchmarks[name].per_repeat)
         if got != repeats:
-            raise ToolError(f"{name}: expected {repeats} repeats in the reviews, found {got}; full log: {log_path}",
+            raise JobFailed(f"{name}: expected {repeats} repeats in the reviews, found {got}; full log: {log_path}",
                             log_path)
     return result
 

@@ -78,7 +78,41 @@ class Shard:
         return Path(self.output_path).with_suffix(".fp")
 
     def done(self) -> bool:
-        return Path(self.output_path).exists() and self.marker.exists() and self.marker.read_text() == self.fingerprint
+        """Finished for this input and settings, and the output is byte for byte what was written."""
+        return outputs_verified(self.marker, self.fingerprint, [self.output_path])
+
+    def tampered(self) -> bool:
+        """An output exists with this fingerprint's marker but fails its hash: truncated or edited."""
+        return Path(self.output_path).exists() and _read_marker(self.marker).get("fingerprint") == self.fingerprint \
+            and not self.done()
+
+
+def _read_marker(marker: Path) -> dict:
+    try:
+        return json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_marker(marker: str | Path, fingerprint_: str, outputs: list[str | Path]) -> None:
+    """Vouch for finished outputs: the work's fingerprint and each output's content hash.
+    Written last, so a run killed before it simply redoes the work."""
+    write_text_atomic(json.dumps({"fingerprint": fingerprint_,
+                                  "sha256": {_rel(p, marker): file_sha256(p) for p in outputs}}), marker)
+
+
+def _rel(path: str | Path, marker: str | Path) -> str:
+    return os.path.relpath(Path(path).resolve(), Path(marker).resolve().parent)
+
+
+def outputs_verified(marker: str | Path, fingerprint_: str, outputs: list[str | Path]) -> bool:
+    """True when the marker vouches for this fingerprint and every output still has the
+    recorded hash; a missing, truncated or edited output means the work is redone."""
+    m = _read_marker(Path(marker))
+    if m.get("fingerprint") != fingerprint_:
+        return False
+    hashes = m.get("sha256") or {}
+    return bool(outputs) and all(Path(p).exists() and hashes.get(_rel(p, marker)) == file_sha256(p) for p in outputs)
 
 
 def plan_shards(df: pl.DataFrame, out_dir: str | Path, shard_size: int, *, settings: dict) -> list[Shard]:
@@ -108,7 +142,7 @@ def run_shard(shard: Shard, fn: Callable[[pl.DataFrame], pl.DataFrame]) -> bool:
     if shard.done():
         return True
     write_parquet_atomic(fn(pl.read_parquet(shard.input_path)), shard.output_path)
-    write_text_atomic(shard.fingerprint, shard.marker)
+    write_marker(shard.marker, shard.fingerprint, [shard.output_path])
     return False
 
 

@@ -9,7 +9,9 @@ lock. Concurrent flow runs then interleave their writes instead of failing.
 from __future__ import annotations
 
 import json
+import os
 import random
+import socket
 import subprocess
 import threading
 import time
@@ -32,6 +34,12 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS artifacts (
     artifact_id VARCHAR PRIMARY KEY, run_id VARCHAR, stage VARCHAR, kind VARCHAR, path VARCHAR,
     sha256 VARCHAR, rows BIGINT, created_at TIMESTAMPTZ, meta_json VARCHAR);
+-- run owner and liveness (added after the first release: ALTER for older files)
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid BIGINT;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS host VARCHAR;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS proc_started DOUBLE;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS heartbeat_at TIMESTAMPTZ;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS reason VARCHAR;
 CREATE TABLE IF NOT EXISTS lineage (child_id VARCHAR, parent_id VARCHAR);
 CREATE TABLE IF NOT EXISTS set_aside (
     run_id VARCHAR, stage VARCHAR, reason VARCHAR, n BIGINT);
@@ -39,7 +47,7 @@ CREATE TABLE IF NOT EXISTS selections (
     run_id VARCHAR, strategy VARCHAR, rank BIGINT, sample_id VARCHAR, score DOUBLE);
 CREATE TABLE IF NOT EXISTS shard_runs (
     run_id VARCHAR, stage VARCHAR, shard BIGINT, worker VARCHAR, skipped BOOLEAN, seconds DOUBLE,
-    finished_at TIMESTAMPTZ);
+    finished_at TIMESTAMPTZ, note VARCHAR);
 CREATE TABLE IF NOT EXISTS contamination (
     run_id VARCHAR, benchmark VARCHAR, method VARCHAR, n BIGINT);
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -52,6 +60,25 @@ CREATE TABLE IF NOT EXISTS eval_results (
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def owner() -> tuple[int, str, float | None]:
+    """(pid, host, process start time) of this process: who a RUNNING run belongs to."""
+    import psutil
+
+    pid = os.getpid()
+    return pid, socket.gethostname(), psutil.Process(pid).create_time()
+
+
+def process_alive(pid: int, started: float | None) -> bool:
+    """Is process ``pid`` alive and the same process (not a reused pid)?"""
+    import psutil
+
+    try:
+        p = psutil.Process(int(pid))
+        return p.status() != psutil.STATUS_ZOMBIE and (started is None or abs(p.create_time() - started) < 1.0)
+    except psutil.NoSuchProcess:
+        return False
 
 
 def code_version() -> str:
@@ -80,11 +107,25 @@ def _process_lock(path: Path) -> threading.Lock:
         return _PROCESS_LOCKS.setdefault(str(path.resolve()), threading.Lock())
 
 
+class RegistryMissing(FileNotFoundError):
+    """The registry file is not there: a read never creates one, a running run never recreates it."""
+
+
+# A run whose heartbeat is older than this, on another host, is taken as crashed.
+STALE_AFTER_S = 600.0
+HEARTBEAT_S = 30.0
+
+
 class Registry:
-    def __init__(self, path: str | Path, lock_timeout_s: float = 120.0):
+    def __init__(self, path: str | Path, lock_timeout_s: float = 120.0, create: bool = False):
+        """``create``: make the file if it is missing (only when a run starts); otherwise a
+        missing file is an error, so a registry deleted mid-run fails the run loudly."""
         self.path = Path(path)
         self.lock_timeout_s = lock_timeout_s
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            if not create:
+                raise RegistryMissing(f"registry {self.path} does not exist")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.connect() as con:
             con.execute(SCHEMA)
 
@@ -118,17 +159,45 @@ class Registry:
     def start_run(self, flow: str, run_name: str, config: dict, config_hash: str,
                   prefect_flow_run_id: str | None = None) -> str:
         run_id = uuid.uuid4().hex[:12]
+        pid, host, started = owner()
         self._insert("runs", pl.DataFrame([{
             "run_id": run_id, "flow": flow, "run_name": run_name, "status": "RUNNING",
             "started_at": _now(), "finished_at": None, "config_json": json.dumps(config, default=str),
             "config_hash": config_hash, "code_version": code_version(),
-            "prefect_flow_run_id": prefect_flow_run_id, "summary_json": None}]))
+            "prefect_flow_run_id": prefect_flow_run_id, "summary_json": None,
+            "pid": pid, "host": host, "proc_started": started, "heartbeat_at": _now(), "reason": None}]))
         return run_id
 
-    def finish_run(self, run_id: str, status: str, summary: dict | None = None) -> None:
+    def finish_run(self, run_id: str, status: str, summary: dict | None = None, reason: str | None = None) -> None:
+        """Final state: COMPLETED, FAILED or CANCELLED (with a one-line reason), or CRASHED."""
         with self.connect() as con:
-            con.execute("UPDATE runs SET status = ?, finished_at = ?, summary_json = ? WHERE run_id = ?",
-                        [status, _now(), json.dumps(summary or {}, default=str), run_id])
+            con.execute("UPDATE runs SET status = ?, finished_at = ?, summary_json = coalesce(?, summary_json), "
+                        "reason = ? WHERE run_id = ?",
+                        [status, _now(), None if summary is None else json.dumps(summary, default=str), reason, run_id])
+
+    def heartbeat(self, run_id: str) -> None:
+        with self.connect() as con:
+            con.execute("UPDATE runs SET heartbeat_at = ? WHERE run_id = ? AND status = 'RUNNING'", [_now(), run_id])
+
+    def reap_crashed(self, stale_after_s: float = STALE_AFTER_S) -> list[str]:
+        """Mark CRASHED every RUNNING run whose owner is gone: its process on this host no
+        longer exists, or (any host) its heartbeat stopped more than ``stale_after_s`` ago."""
+        with self.connect() as con:
+            running = pl.from_arrow(con.sql(
+                "SELECT run_id, pid, host, proc_started, heartbeat_at FROM runs WHERE status = 'RUNNING'").to_arrow_table())
+        me = socket.gethostname()
+        crashed = []
+        for r in running.iter_rows(named=True):
+            beat = r["heartbeat_at"]
+            if r["host"] == me and r["pid"] is not None and not process_alive(r["pid"], r["proc_started"]):
+                crashed.append((r["run_id"], f"owner process {r['pid']} on {me} is gone (killed or crashed)"))
+            elif beat is not None and (_now() - beat).total_seconds() > stale_after_s:
+                crashed.append((r["run_id"], f"no heartbeat since {beat:%Y-%m-%d %H:%M:%S} UTC"))
+        for run_id, reason in crashed:
+            with self.connect() as con:
+                con.execute("UPDATE runs SET status = 'CRASHED', finished_at = ?, reason = ? "
+                            "WHERE run_id = ? AND status = 'RUNNING'", [_now(), reason, run_id])
+        return [c[0] for c in crashed]
 
     # artifacts ------------------------------------------------------------
     def add_artifact(self, run_id: str, stage: str, kind: str, path: str | Path, rows: int | None,

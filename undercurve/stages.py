@@ -20,30 +20,10 @@ import polars as pl
 
 from undercurve.config import Settings
 from undercurve.io import Shard, plan_shards, run_shard, write_parquet_atomic
-from undercurve.registry import Registry
+from undercurve.run import RunContext
 from undercurve.schema import SET_ASIDE_SCHEMA
 
 log = logging.getLogger("undercurve")
-
-
-@dataclass
-class RunContext:
-    settings: Settings
-    run_id: str
-    registry_path: str
-
-    @property
-    def run_dir(self) -> Path:
-        return self.settings.run_dir
-
-    @property
-    def registry(self) -> Registry:
-        return Registry(self.registry_path)
-
-    def stage_dir(self, stage: str) -> Path:
-        d = self.run_dir / stage
-        d.mkdir(parents=True, exist_ok=True)
-        return d
 
 
 @dataclass
@@ -84,10 +64,32 @@ def _empty_aside() -> pl.DataFrame:
 
 
 # ---------------------------------------------------------------------------- stages
-def prepare_inputs(ctx: RunContext) -> dict:
-    """Resolve the corpus source and the model (building the offline demo ones if asked)."""
+CURATE_STAGES = ("ingest", "decontaminate", "length_cap", "score", "pass_rate", "features", "select")
+
+
+def clear_stale_outputs(ctx: RunContext) -> int:
+    """Remove the final files an earlier run of this name left in the curate stage folders,
+    so nothing of it can be mistaken for this run's. Sub-folders (the shard caches) stay:
+    they are reused only after their fingerprint and content hash are verified."""
+    n = 0
+    for stage in CURATE_STAGES:
+        d = ctx.run_dir / stage
+        for f in (d.iterdir() if d.is_dir() else []):
+            if f.is_file():
+                f.unlink()
+                n += 1
+    if n:
+        log.info("removed %d output files of an earlier run of %s", n, ctx.run_dir)
+    return n
+
+
+def prepare_inputs(ctx: RunContext, fresh: bool = False) -> dict:
+    """Resolve the corpus source and the model (building the offline demo ones if asked);
+    ``fresh`` (curate): first clear what an earlier run of this name left behind."""
     from undercurve.models import resolve_model
 
+    if fresh:
+        clear_stale_outputs(ctx)
     s = ctx.settings
     source, bench, texts = s.corpus.source, None, []
     if source == "demo":
@@ -203,12 +205,17 @@ def score_shard(ctx: RunContext, shard: Shard, model: str) -> bool:
         return _with_aside(scores, aside_rows)
 
     t0 = time.perf_counter()
+    if shard.tampered():
+        log.warning("score: shard %d output fails its recorded hash (truncated or edited): recomputing", shard.index)
+        note = "output failed verification: recomputed"
+    else:
+        note = None
     skipped = run_shard(shard, fn)
     seconds = time.perf_counter() - t0
     log.info("score: shard %d %s", shard.index, "already done, skipped" if skipped else f"scored in {seconds:.1f}s")
     ctx.registry.add_rows("shard_runs", ctx.run_id, pl.DataFrame([{
         "stage": "score", "shard": shard.index, "worker": worker_identity(), "skipped": skipped,
-        "seconds": seconds, "finished_at": datetime.now(timezone.utc)}]))
+        "seconds": seconds, "finished_at": datetime.now(timezone.utc), "note": note}]))
     return skipped
 
 

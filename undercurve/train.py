@@ -15,49 +15,16 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-# Defaults for the settings mapping given to sft_command / run_sft. The paper's values live in
-# configs/train_eval_paper.yaml; None means "don't pass it, use ms-swift's default".
-SFT_DEFAULTS: dict[str, Any] = {
-    "tuner_type": "full",  # full | lora
-    "model_type": None,  # ms-swift model type; None -> config.json's model_type (qwen2, llama)
-    "template": None,  # ms-swift template; None -> qwen for qwen2, llama3 for llama
-    "max_length": 4096,
-    "num_train_epochs": 3,
-    "max_steps": None,  # overrides epochs when set (tests, smoke runs)
-    "learning_rate": 1e-5,
-    "seed": 42,
-    "per_device_train_batch_size": 1,
-    "per_device_eval_batch_size": 1,
-    "gradient_accumulation_steps": 16,  # always explicit: ms-swift otherwise derives one
-    "save_strategy": "epoch",  # epoch | steps
-    "save_steps": None,
-    "eval_steps": None,  # None -> same as save_steps
-    "split_dataset_ratio": 0.05,  # held-out share for the validation loss
-    "save_only_model": True,  # no optimizer state: checkpoints are for evaluation only
-    "logging_steps": 5,
-    "warmup_ratio": None,
-    "lr_scheduler_type": None,
-    "torch_dtype": None,  # e.g. bfloat16 on GPU
-    "gradient_checkpointing": None,
-    "attn_impl": None,  # e.g. flash_attn
-    "deepspeed": None,  # zero0..zero3, zero3_offload, or a JSON path (GPU only)
-    "lora_rank": 8,
-    "lora_alpha": 32,
-    "target_modules": "all-linear",
-    "dataset_num_proc": 1,
-    "dataloader_num_workers": None,
-    "nproc_per_node": 1,  # >1 launches torchrun
-    "extra_args": [],  # raw ms-swift flags appended last
-    "env": {},  # extra environment for the child (CUDA_VISIBLE_DEVICES, ...)
-    "timeout_s": None,
-    "overwrite": False,  # remove existing checkpoint-* dirs in out_dir before training
-}
+from undercurve.config import SftSettings
+from undercurve.jobs import JobFailed, log_tail, run_job
+
+# Every SFT setting and its default: undercurve.config.SftSettings (one place).
+SFT_DEFAULTS: dict[str, Any] = SftSettings().model_dump()
 
 # Local model dirs: ms-swift cannot infer these from a path, and the model family decides.
 _FAMILY = {"qwen2": ("qwen2", "qwen"), "llama": ("llama", "llama3")}
@@ -69,14 +36,6 @@ _PASSTHROUGH = [
     "logging_steps", "warmup_ratio", "lr_scheduler_type", "torch_dtype", "gradient_checkpointing",
     "attn_impl", "deepspeed", "dataset_num_proc", "dataloader_num_workers",
 ]
-
-
-class ToolError(RuntimeError):
-    """A child tool (ms-swift, evalscope) failed; ``log_path`` holds its full output."""
-
-    def __init__(self, message: str, log_path: Path):
-        super().__init__(message)
-        self.log_path = Path(log_path)
 
 
 @dataclass
@@ -113,13 +72,15 @@ def as_dict(settings: Any) -> dict[str, Any]:
     return dict(settings)
 
 
-def merge_settings(defaults: Mapping[str, Any], settings: Any, what: str) -> dict[str, Any]:
-    """defaults overridden by settings; an unknown key is an error (a typo must not pass silently)."""
-    given = as_dict(settings)
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise ValueError(f"unknown {what} settings {unknown}; known: {sorted(defaults)}")
-    return {**defaults, **given}
+def merge_settings(model: type, settings: Any, what: str) -> dict[str, Any]:
+    """``settings`` (a mapping or a settings object) validated against ``model``'s fields and
+    defaults; an unknown key or a bad value raises ValueError naming it."""
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(as_dict(settings)).model_dump()
+    except ValidationError as e:
+        raise ValueError(f"bad {what} settings: {e}") from None
 
 
 def _flag(value: Any) -> str:
@@ -140,9 +101,7 @@ def _family(model_dir: Path, s: dict[str, Any]) -> tuple[str | None, str | None]
 
 def sft_command(dataset_jsonl: str | Path, model_dir: str | Path, out_dir: str | Path, settings: Any = None) -> list[str]:
     """ms-swift 4.x ``sft`` argv (without the interpreter / launcher)."""
-    s = merge_settings(SFT_DEFAULTS, settings, "SFT")
-    if s["tuner_type"] not in ("full", "lora"):
-        raise ValueError(f"tuner_type must be 'full' or 'lora', got {s['tuner_type']!r}")
+    s = merge_settings(SftSettings, settings, "SFT")
     model_dir = Path(model_dir)
     model_type, template = _family(model_dir, s)
     args = [
@@ -158,8 +117,6 @@ def sft_command(dataset_jsonl: str | Path, model_dir: str | Path, out_dir: str |
         args += ["--model_type", model_type]
     if template:
         args += ["--template", template]
-    if s["save_strategy"] == "steps" and not s["save_steps"]:
-        raise ValueError("save_strategy 'steps' needs save_steps")
     if s["save_strategy"] == "steps" and not s["eval_steps"]:
         s["eval_steps"] = s["save_steps"]  # one validation loss per checkpoint
     for key in _PASSTHROUGH:
@@ -171,40 +128,6 @@ def sft_command(dataset_jsonl: str | Path, model_dir: str | Path, out_dir: str |
         args += ["--target_modules", *([targets] if isinstance(targets, str) else list(targets))]
     args += [str(a) for a in s.get("extra_args") or []]
     return args
-
-
-def run_logged(argv: Sequence[str], log_path: Path, *, what: str, env: Mapping[str, str] | None = None,
-               timeout_s: float | None = None, cwd: Path | None = None) -> None:
-    """Run argv with stdout+stderr into log_path; raise ToolError with the log tail on failure."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    with open(log_path, "w", encoding="utf-8") as log:
-        log.write("$ " + " ".join(argv) + "\n")
-        log.flush()
-        try:
-            rc = subprocess.run(list(argv), stdout=log, stderr=subprocess.STDOUT, env=child_env,
-                                cwd=cwd, timeout=timeout_s).returncode
-        except subprocess.TimeoutExpired:
-            rc = None
-    if rc != 0:
-        status = f"timed out after {timeout_s}s" if rc is None else f"exit code {rc}"
-        tail = log_tail(log_path)
-        error = last_error(tail)
-        raise ToolError(f"{what} failed ({status}){': ' + error if error else ''}\nfull log: {log_path}\n"
-                        f"--- log tail ---\n{tail}", log_path)
-
-
-def last_error(text: str) -> str | None:
-    """The last 'SomeError: message' line of a Python traceback, so the cause leads the message."""
-    hits = re.findall(r"^[\w.]+(?:Error|Exception|Interrupt)\b.*$", text, flags=re.M)
-    return hits[-1].strip() if hits else None
-
-
-def log_tail(path: Path, lines: int = 30) -> str:
-    # tqdm writes carriage returns: keep only the last state of each line
-    text = Path(path).read_text(encoding="utf-8", errors="replace")
-    kept = [ln.rsplit("\r", 1)[-1] for ln in text.splitlines()]
-    return "\n".join(kept[-lines:])
 
 
 def _step(path: Path) -> int:
@@ -239,9 +162,9 @@ def run_sft(dataset_jsonl: str | Path, model_dir: str | Path, out_dir: str | Pat
             *, python: str | None = None) -> SftResult:
     """Fine-tune model_dir on dataset_jsonl into out_dir; return its checkpoints + validation losses.
 
-    Raises ToolError (a RuntimeError) with the log tail and ``out_dir/sft.log`` when ms-swift fails.
+    Raises JobFailed (a RuntimeError) with the log tail and ``out_dir/sft.log`` when ms-swift fails.
     """
-    s = merge_settings(SFT_DEFAULTS, settings, "SFT")
+    s = merge_settings(SftSettings, settings, "SFT")
     dataset_jsonl, out_dir = Path(dataset_jsonl).resolve(), Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     stale = list_checkpoints(out_dir)
@@ -257,11 +180,11 @@ def run_sft(dataset_jsonl: str | Path, model_dir: str | Path, out_dir: str | Pat
     launcher = [py, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "-m", "swift.cli.sft"] if nproc > 1 \
         else [py, "-m", "swift.cli.sft"]
     env = {k: str(v) for k, v in (s.get("env") or {}).items()}
-    run_logged(launcher + args, log_path, what="ms-swift SFT", env=env, timeout_s=s.get("timeout_s"), cwd=out_dir)
+    run_job(launcher + args, log_path, what="ms-swift SFT", env=env, timeout_s=s.get("timeout_s"), cwd=out_dir)
 
     checkpoints = list_checkpoints(out_dir)
     if not checkpoints:
-        raise ToolError(f"ms-swift SFT wrote no checkpoint in {out_dir}; full log: {log_path}\n"
+        raise JobFailed(f"ms-swift SFT wrote no checkpoint in {out_dir}; full log: {log_path}\n"
                         f"--- log tail ---\n{log_tail(log_path)}", log_path)
     metrics, val_loss = _read_metrics(out_dir, checkpoints)
     result = SftResult(out_dir, checkpoints, log_path, metrics, val_loss)
@@ -296,6 +219,6 @@ def merge_lora(checkpoint_dir: str | Path, out_dir: str | Path | None = None, *,
     log_path = out.with_name(out.name + ".merge.log")
     argv = [python or sys.executable, "-m", "swift.cli.export", "--adapters", str(ckpt),
             "--merge_lora", "true", "--output_dir", str(tmp)]
-    run_logged(argv, log_path, what="ms-swift LoRA merge", env=env)
+    run_job(argv, log_path, what="ms-swift LoRA merge", env=env)
     tmp.rename(out)
     return out

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import polars as pl
 
-from undercurve.stages import RunContext
+from undercurve.run import RunContext
 
 log = logging.getLogger("undercurve")
 
@@ -62,17 +62,33 @@ def resolve_benchmarks(ctx: RunContext, demo_benchmark: str | None) -> dict[str,
     return out
 
 
+def _weights(checkpoints) -> list[Path]:
+    return sorted(p for c in checkpoints for p in Path(c).glob("*.safetensors"))
+
+
 def train_strategy(ctx: RunContext, strategy: str, jsonl: str, model: str) -> dict:
-    """SFT on one selection; a finished SFT (sft_result.json present) is not redone."""
+    """SFT on one selection. The output folder is keyed by what determines the result (the
+    selection's content, the model, the SFT settings), so a finished SFT is reused only for
+    the same inputs, and only after its checkpoint weights match the hashes recorded when it
+    finished; ``overwrite`` then only ever replaces this key's own folder."""
+    from undercurve.io import file_sha256, fingerprint, outputs_verified, write_marker
     from undercurve.train import load_sft_result, run_sft
 
-    out_dir = ctx.stage_dir("train") / strategy
-    if (out_dir / "sft_result.json").exists():
+    sft = ctx.settings.train.sft.model_dump()
+    key = fingerprint({"data": file_sha256(jsonl), "model": str(model), "sft": sft})
+    out_dir = ctx.stage_dir("train") / strategy / key
+    marker = out_dir / "sft.verified"
+    reused = (out_dir / "sft_result.json").exists() and \
+        outputs_verified(marker, key, _weights(load_sft_result(out_dir).checkpoints))
+    if reused:
         res = load_sft_result(out_dir)
-        log.info("train %s: finished earlier, %d checkpoints in %s", strategy, len(res.checkpoints), out_dir)
+        log.info("train %s: finished earlier and verified, %d checkpoints in %s", strategy, len(res.checkpoints), out_dir)
     else:
+        if marker.exists():
+            log.warning("train %s: checkpoints in %s fail their recorded hashes: training again", strategy, out_dir)
         log.info("train %s: ms-swift SFT on %s (log: %s)", strategy, jsonl, out_dir / "sft.log")
-        res = run_sft(jsonl, model, out_dir, {**ctx.settings.train.sft, "overwrite": True})
+        res = run_sft(jsonl, model, out_dir, {**sft, "overwrite": True})
+        write_marker(marker, key, _weights(res.checkpoints))
     top = res.top_k(ctx.settings.train.top_k_checkpoints)
     rank = {str(c): i + 1 for i, c in enumerate(top)}
     rows = pl.DataFrame([{"strategy": strategy, "checkpoint": Path(c).name, "step": int(Path(c).name.rsplit("-", 1)[-1]),

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-import threading
-from collections import deque
 from pathlib import Path
+
+from undercurve.jobs import JobFailed, run_job
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,7 +72,7 @@ def run_vllm_job(
 
     Writes ``<workdir>/<name>.json``; the worker's stdout+stderr go to ``<workdir>/<name>.log``
     (also echoed to our stdout when ``echo``) and its result to ``<workdir>/<name>.result.json``.
-    Raises RuntimeError with the log tail and path when the worker fails.
+    Raises JobFailed (a RuntimeError) with the log tail and path when the worker fails.
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -85,40 +84,8 @@ def run_vllm_job(
     result_path.unlink(missing_ok=True)
 
     cmd = [str(vllm_python()), "-m", "undercurve.vllm_worker", str(job_path)]
-    tail: deque[str] = deque(maxlen=60)
-    with open(log_path, "w", encoding="utf-8") as log:
-        log.write("$ " + " ".join(cmd) + "\n")
-        log.flush()
-        proc = subprocess.Popen(
-            cmd,
-            cwd=REPO_ROOT,
-            env=worker_env(env),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-        )
-        # a timer, not wait(timeout): the read loop below blocks until the worker closes stdout
-        timer = threading.Timer(timeout, proc.kill) if timeout else None
-        if timer:
-            timer.start()
-        try:
-            for line in proc.stdout:  # tee: the log file keeps everything, we keep a tail
-                log.write(line)
-                log.flush()
-                tail.append(line)
-                if echo:
-                    sys.stdout.write(line)
-            rc = proc.wait()
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        finally:
-            if timer:
-                timer.cancel()
-    if rc != 0 or not result_path.exists():
-        raise RuntimeError(
-            f"vLLM worker failed (exit code {rc}); full log: {log_path}\n--- log tail ---\n" + "".join(tail)
-        )
+    run_job(cmd, log_path, what="vLLM worker", env=worker_env(env), cwd=REPO_ROOT, timeout_s=timeout,
+            on_line=sys.stdout.write if echo else None)
+    if not result_path.exists():
+        raise JobFailed(f"vLLM worker wrote no result {result_path}; full log: {log_path}", log_path)
     return json.loads(result_path.read_text())

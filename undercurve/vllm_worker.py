@@ -36,7 +36,7 @@ import polars as pl
 
 from undercurve.answers import DEFAULT_BOX_OPENERS, extract_answer, is_equivalent
 from undercurve.eas import EdisParams
-from undercurve.io import file_sha256, fingerprint, write_parquet_atomic, write_text_atomic
+from undercurve.io import file_sha256, fingerprint, outputs_verified, write_marker, write_parquet_atomic, write_text_atomic
 from undercurve.schema import SET_ASIDE_SCHEMA, set_aside_frame
 from undercurve.scoring.score import SCORE_SCHEMA, build_trajectories
 
@@ -120,13 +120,15 @@ class Worker:
                               "input": file_sha256(step["input"])})
             marker = Path(outputs["output"] + ".fp")
             t0 = time.time()
-            if all(Path(p).exists() for p in outputs.values()) and marker.exists() and marker.read_text() == fp:
-                log(f"step {name}: outputs up to date, skipped")
+            if outputs_verified(marker, fp, list(outputs.values())):
+                log(f"step {name}: outputs up to date and verified, skipped")
                 info = {"skipped": True}
             else:
+                if marker.exists():
+                    log(f"step {name}: outputs missing or failed verification (truncated or edited?): recomputing")
                 log(f"step {name}: start")
                 info = getattr(self, f"_step_{kind}")(step, settings, outputs, name)
-                write_text_atomic(fp, marker)  # last: the marker vouches for complete outputs
+                write_marker(marker, fp, list(outputs.values()))  # last: vouches for complete outputs
                 info["skipped"] = False
                 log(f"step {name}: done in {time.time() - t0:.1f}s")
             results.append({"name": name, "kind": kind, "outputs": outputs, "fingerprint": fp,

@@ -21,7 +21,7 @@ import polars as pl
 from undercurve.answers import last_boxed_span
 from undercurve.io import write_parquet_atomic, write_text_atomic
 from undercurve.eas import decayed_option_probability, topk_truncation_bound
-from undercurve.stages import RunContext
+from undercurve.run import RunContext
 from undercurve.validation import answer_entropy as ae
 from undercurve.validation.best_of_n import compare_strategies
 from undercurve.validation.correlation import correlation_table
