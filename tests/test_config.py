@@ -69,3 +69,20 @@ def test_bad_setting_from_the_command_line_exits_2_without_starting_prefect(tmp_
     assert out.stderr.strip().startswith("undercurve: bad settings:") and len(out.stderr.strip().splitlines()) == 1
     assert "prefect" not in (out.stdout + out.stderr).lower()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sft_and_eval_settings_are_typed_and_checked_at_load(capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert main(["check", "--set", "train.sft.learning_rat=1e-4"]) == 2
+    assert "did you mean 'train.sft.learning_rate'" in capsys.readouterr().err
+    assert main(["check", "--set", "train.sft.tuner_type=qlora"]) == 2
+    assert "train.sft.tuner_type" in capsys.readouterr().err
+    assert main(["check", "--set", "eval.settings.eval_type=openai"]) == 2
+    assert "eval.settings.eval_type" in capsys.readouterr().err
+
+
+def test_config_reference_is_up_to_date():
+    from undercurve.config import reference_markdown
+
+    assert (REPO / "docs" / "CONFIG.md").read_text() == reference_markdown(), \
+        "regenerate: python -m undercurve.config > docs/CONFIG.md"

@@ -54,38 +54,56 @@ def prefect_server(tmp_path):
         proc.wait(30)
 
 
-def test_nightly_deployment_creates_scheduled_runs(prefect_server):
-    env = prefect_server
-    for pool in ("undercurve-cpu", "undercurve-gpu"):
-        subprocess.run([PREFECT, "work-pool", "create", pool, "--type", "process"], cwd=REPO, env=env,
-                       check=True, capture_output=True)
-    out = subprocess.run([PREFECT, "--no-prompt", "deploy", "--all"], cwd=REPO, env=env, capture_output=True, text=True)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    script = """
-import asyncio, json
+CPU_DEPLOYMENTS = ["curate-demo", "pipeline-demo", "validate-demo", "curate-nightly"]
+SCHEDULED = """
+import asyncio, json, sys
 from prefect.client.orchestration import get_client
 
-async def main():
+async def main(wait_s):
     async with get_client() as client:
         dep = await client.read_deployment_by_name("curate/curate-nightly")
-        for _ in range(90):  # the scheduler service creates runs on its own loop
+        runs = []
+        for _ in range(wait_s):  # the scheduler service creates runs on its own loop
             runs = [r for r in await client.read_flow_runs()
                     if r.deployment_id == dep.id and r.state and r.state.is_scheduled()]
             if runs:
                 break
             await asyncio.sleep(1)
         names = [d.name for d in await client.read_deployments()]
-        print(json.dumps({"cron": dep.schedules[0].schedule.cron, "deployments": sorted(names),
-                          "starts": [r.expected_start_time.isoformat() for r in runs]}))
+        print(json.dumps({"cron": dep.schedules[0].schedule.cron, "active": dep.schedules[0].active,
+                          "deployments": sorted(names), "starts": [r.expected_start_time.isoformat() for r in runs]}))
 
-asyncio.run(main())
+asyncio.run(main(int(sys.argv[1])))
 """
-    res = subprocess.run([os.sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _scheduled(env, wait_s: int) -> dict:
+    res = subprocess.run([os.sys.executable, "-c", SCHEDULED, str(wait_s)], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    info = json.loads(res.stdout.strip().splitlines()[-1])
-    assert info["cron"] == "0 2 * * *"
-    assert len(info["deployments"]) == len(yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"])
-    assert info["starts"], "the scheduler created no runs for the nightly deployment"
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_readme_deploy_steps_on_a_cpu_machine_and_a_paused_nightly(prefect_server):
+    """The README's steps, as written, on a machine with only the CPU pool."""
+    env = prefect_server
+    subprocess.run([PREFECT, "work-pool", "create", "undercurve-cpu", "--type", "process"], cwd=REPO, env=env,
+                   check=True, capture_output=True)
+    cmd = [PREFECT, "--no-prompt", "deploy"] + [a for n in CPU_DEPLOYMENTS for a in ("--name", n)]
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    readme = (REPO / "README.md").read_text()
+    assert all(f"--name {n}" in readme for n in CPU_DEPLOYMENTS)  # what this test ran is what the README says
+    info = _scheduled(env, wait_s=8)
+    assert info["cron"] == "0 2 * * *" and info["active"] is False and info["starts"] == []  # paused
+    assert info["deployments"] == sorted(CPU_DEPLOYMENTS)
+
+    resume = [PREFECT, "--no-prompt", "deployment", "schedule", "resume", "--all"]  # the nightly: the only schedule
+    assert " ".join(resume[1:]) in readme
+    out = subprocess.run(resume, cwd=REPO, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    info = _scheduled(env, wait_s=90)
+    assert info["active"] is True and info["starts"], "the scheduler created no runs for the resumed nightly"
     for start in info["starts"]:
         t = datetime.fromisoformat(start).astimezone(timezone.utc)
         assert (t.hour, t.minute) == (2, 0)

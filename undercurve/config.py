@@ -90,6 +90,9 @@ class ScoringSettings(_Strict):
     workers: int = Field(1, ge=1)
     dask_address: str | None = None
     dask_cluster_class: str | None = None
+    # Where a local cluster's scheduler and dashboard listen: loopback unless a cluster needs more.
+    dask_host: str = "127.0.0.1"
+    dask_dashboard_address: str | None = "127.0.0.1:0"  # None: no dashboard
     edis: EdisSettings = Field(default_factory=EdisSettings)
 
     @field_validator("top_k")
@@ -141,9 +144,72 @@ class SelectionSettings(_Strict):
         return self
 
 
+class SftSettings(_Strict):
+    """ms-swift SFT of one selection (undercurve.train); identical for every strategy.
+    None means: do not pass the flag, ms-swift's own default applies."""
+
+    tuner_type: Literal["full", "lora"] = "full"
+    model_type: str | None = None  # ms-swift model type; None -> config.json's model_type (qwen2, llama)
+    template: str | None = None  # ms-swift template; None -> qwen for qwen2, llama3 for llama
+    max_length: int | None = Field(4096, ge=1)
+    num_train_epochs: float | None = Field(3, gt=0)
+    max_steps: int | None = Field(None, ge=1)  # overrides epochs when set (tests, smoke runs)
+    learning_rate: float = Field(1e-5, gt=0)
+    seed: int = 42
+    per_device_train_batch_size: int = Field(1, ge=1)
+    per_device_eval_batch_size: int = Field(1, ge=1)
+    gradient_accumulation_steps: int = Field(16, ge=1)  # always explicit: ms-swift otherwise derives one
+    save_strategy: Literal["epoch", "steps"] = "epoch"
+    save_steps: int | None = Field(None, ge=1)
+    eval_steps: int | None = Field(None, ge=1)  # None -> same as save_steps
+    split_dataset_ratio: float = Field(0.05, ge=0, lt=1)  # held-out share for the validation loss
+    save_only_model: bool = True  # no optimizer state: checkpoints are for evaluation only
+    logging_steps: int = Field(5, ge=1)
+    warmup_ratio: float | None = Field(None, ge=0, le=1)
+    lr_scheduler_type: str | None = None
+    torch_dtype: str | None = None  # e.g. bfloat16 on GPU
+    gradient_checkpointing: bool | None = None
+    attn_impl: str | None = None  # e.g. flash_attn
+    deepspeed: str | None = None  # zero0..zero3, zero3_offload, or a JSON path (GPU only)
+    lora_rank: int = Field(8, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    target_modules: str | list[str] = "all-linear"
+    dataset_num_proc: int = Field(1, ge=1)
+    dataloader_num_workers: int | None = Field(None, ge=0)
+    nproc_per_node: int = Field(1, ge=1)  # >1 launches torchrun
+    extra_args: list[str] = Field(default_factory=list)  # raw ms-swift flags appended last
+    env: dict[str, str] = Field(default_factory=dict)  # extra environment for the child
+    timeout_s: float | None = Field(None, gt=0)
+    overwrite: bool = False  # remove existing checkpoint-* dirs in the output folder before training
+
+    @model_validator(mode="after")
+    def _steps_need_save_steps(self):
+        if self.save_strategy == "steps" and not self.save_steps:
+            raise ValueError("save_strategy 'steps' needs save_steps")
+        return self
+
+
+class EvalToolSettings(_Strict):
+    """evalscope evaluation of one checkpoint (undercurve.evaluate.run_eval)."""
+
+    eval_type: Literal["llm_ckpt", "openai_api"] = "llm_ckpt"
+    api_url: str | None = None  # openai_api: e.g. http://127.0.0.1:8000/v1
+    api_key: str = "EMPTY"
+    served_model_name: str | None = None  # openai_api: model name the server knows; None -> checkpoint path
+    # DeepSeek-R1 distill recommended sampling; max_tokens bounds the reasoning length
+    generation_config: dict[str, Any] = Field(
+        default_factory=lambda: {"max_tokens": 32768, "temperature": 0.6, "top_p": 0.95})
+    eval_batch_size: int | None = Field(None, ge=1)  # None -> evalscope's default (1 local, larger for APIs)
+    model_args: dict[str, Any] = Field(default_factory=dict)  # llm_ckpt: e.g. {"precision": "torch.bfloat16"}
+    dataset_hub: Literal["modelscope", "huggingface"] = "modelscope"  # for benchmarks given as None (hub)
+    limit: int | None = Field(None, ge=1)  # first N problems per benchmark (smoke runs)
+    seed: int = 42
+    env: dict[str, str] = Field(default_factory=dict)
+    timeout_s: float | None = Field(None, gt=0)
+
+
 class TrainSettings(_Strict):
-    # Passed to undercurve.train.run_sft (keys: train.SFT_DEFAULTS); identical for every strategy.
-    sft: dict[str, Any] = Field(default_factory=dict)
+    sft: SftSettings = Field(default_factory=SftSettings)
     top_k_checkpoints: int = Field(3, ge=1)  # evaluated per strategy, lowest validation loss first
 
 
@@ -151,8 +217,7 @@ class EvalSettings(_Strict):
     # evalscope benchmark -> local file/dir of {problem, answer} records, or null (from the hub)
     benchmarks: dict[str, str | None] = Field(default_factory=lambda: {"aime24": None, "aime25": None})
     repeats: int = Field(32, ge=1)
-    # Passed to undercurve.evaluate.run_eval (keys: evaluate.EVAL_DEFAULTS).
-    settings: dict[str, Any] = Field(default_factory=dict)
+    settings: EvalToolSettings = Field(default_factory=EvalToolSettings)
 
 
 class RunSettings(_Strict):
@@ -294,3 +359,32 @@ def _describe(err: ValidationError, cls: type[BaseModel], where: str, most: int 
     if more > 0:
         lines.append(f"... and {more} more")
     return f"{where}: " + ("\n  ".join(lines) if len(lines) == 1 else "\n  " + "\n  ".join(lines))
+
+
+def reference_markdown() -> str:
+    """docs/CONFIG.md: every setting of the curate/pipeline config, its type and default,
+    generated from the models above (``python -m undercurve.config > docs/CONFIG.md``)."""
+    import json
+
+    lines = ["# Configuration reference", "",
+             "Generated from `undercurve/config.py` by `python -m undercurve.config > docs/CONFIG.md`;",
+             "a test fails when it is out of date. Keys are dotted paths into the YAML file (and `--set`).",
+             "`null` means: not set (the tool's own default applies). Check a config without running it:",
+             "`undercurve check CONFIG`.", "", "| key | type | default |", "|---|---|---|"]
+
+    def walk(cls: type[BaseModel], prefix: str) -> None:
+        for name, f in cls.model_fields.items():
+            ann = f.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name}.")
+                continue
+            default = f.get_default(call_default_factory=True)
+            kind = str(ann).replace("typing.", "").replace("<class '", "").replace("'>", "").replace("|", "or")
+            lines.append(f"| `{prefix}{name}` | `{kind}` | `{json.dumps(default, default=str)}` |")
+
+    walk(Settings, "")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(reference_markdown(), end="")

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from undercurve.config import EdisSettings, ModelSettings, RunSettings, _Strict, load_yaml_settings
+from undercurve.config import ModelSettings, RunSettings, ScoringSettings, _Strict, load_yaml_settings
 
 
 class BenchmarkSettings(_Strict):
@@ -33,17 +33,13 @@ class GenerationSettings(_Strict):
     last_number_fallback: bool = True  # free answer: no \boxed{} and no '####' -> the last number
 
 
-class ScoringSettings(_Strict):
-    mode: Literal["probe", "plain"] = "probe"
-    answer_prefix_tokens: int = 0
-    batch_tokens: int = 16384
-    device: str = "auto"
-    dtype: str = "auto"
-    edis: EdisSettings = Field(default_factory=EdisSettings)
+class ValidationScoring(ScoringSettings):
+    """The curation scoring settings (one definition), plus what validation adds."""
+
+    engine: Literal["torch"] = "torch"  # validation scores with the exact engine
     # A scored response needs a \boxed{} to end its trajectory: one whose answer was found
     # otherwise gets "The final answer is \boxed{ANSWER}." appended (False: set aside instead).
     append_boxed_answer: bool = True
-    top_k: int = 20  # the top-K truncation table (paper Table 1)
 
 
 class BestOfNSettings(_Strict):
@@ -66,7 +62,7 @@ class ValidateSettings(RunSettings):
     model: ModelSettings = Field(default_factory=ModelSettings)
     benchmark: BenchmarkSettings = Field(default_factory=BenchmarkSettings)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
-    scoring: ScoringSettings = Field(default_factory=ScoringSettings)
+    scoring: ValidationScoring = Field(default_factory=ValidationScoring)
     best_of_n: BestOfNSettings = Field(default_factory=BestOfNSettings)
     plots: PlotSettings = Field(default_factory=PlotSettings)
     missing_answer: Literal["category", "drop"] = "category"  # no answer: one bucket in H, or left out
