@@ -28,6 +28,7 @@ BAD = [  # (--set overrides, words the message must contain)
     (["corpus.source=no/such/corpus.jsonl"], ["corpus.source", "does not exist"]),
     (["selection.budget.x=1"], ["selection.budget is a value"]),
     (["novalue"], ["KEY=VALUE"]),
+    (["pass_rate.enabled=false"], ["['pass_rate'] need the pass-rate rollouts", "pass_rate.enabled is false"]),
 ]
 
 

@@ -45,4 +45,10 @@ def test_pipeline_curates_trains_evaluates_and_reports(prefect_harness, tmp_path
     assert set(csv["strategy"]) == {"random", "eas"}
     kinds = set(reg.query("SELECT kind FROM artifacts WHERE run_id = ?", [te_id])["kind"])
     assert {"checkpoint:eas", "checkpoint:random", "comparison_md", "comparison_csv"} <= kinds
-    assert "| random" in te_run["markdown"] or "random" in te_run["markdown"]
+    # lineage to the end: every eval report -> its checkpoint -> the selection JSONL -> ... -> ingest
+    chain = reg.query("""
+        WITH RECURSIVE up(id) AS (
+            SELECT artifact_id FROM artifacts WHERE run_id = ? AND kind = 'eval_report:eas:aime24'
+            UNION SELECT l.parent_id FROM lineage l JOIN up ON l.child_id = up.id)
+        SELECT DISTINCT a.kind FROM up JOIN artifacts a ON a.artifact_id = up.id""", [te_id])
+    assert {"eval_report:eas:aime24", "checkpoint:eas", "swift_jsonl:eas", "selection:eas", "samples"} <= set(chain["kind"])

@@ -264,6 +264,15 @@ class Settings(RunSettings):
 
 
     @model_validator(mode="after")
+    def _strategies_have_their_stages(self):
+        if not self.pass_rate.enabled:
+            needing = [s.name for s in self.selection.make() if "pass_rate" in s.stages()]
+            if needing:
+                raise ValueError(f"selection.strategies {needing} need the pass-rate rollouts, "
+                                 "but pass_rate.enabled is false")
+        return self
+
+    @model_validator(mode="after")
     def _inputs_exist(self):
         _check_local(self.model.path, "model.path", named=("tiny", "smollm2"))
         _check_local(self.corpus.source, "corpus.source", named=("demo",))

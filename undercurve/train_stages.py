@@ -96,8 +96,9 @@ def train_strategy(ctx: RunContext, strategy: str, jsonl: str, model: str) -> di
                         schema={"strategy": pl.Utf8, "checkpoint": pl.Utf8, "step": pl.Int64, "val_loss": pl.Float64, "path": pl.Utf8})
     reg = ctx.registry
     reg.add_rows("checkpoints", ctx.run_id, rows)
+    data = _artifact_id(reg, jsonl, "swift_jsonl:%")  # lineage: checkpoint -> the selection it learnt
     for c in res.checkpoints:
-        reg.add_artifact(ctx.run_id, "train", f"checkpoint:{strategy}", c, None,
+        reg.add_artifact(ctx.run_id, "train", f"checkpoint:{strategy}", c, None, parents=[data] if data else [],
                          meta={"val_loss": res.val_loss.get(str(c)), "rank": rank.get(str(c))})
     return {"strategy": strategy, "out_dir": str(out_dir), "top": [str(c) for c in top], "log": str(res.log_path)}
 
@@ -116,10 +117,19 @@ def evaluate_checkpoint(ctx: RunContext, strategy: str, checkpoint: str, rank: i
     frame = pl.DataFrame([{k: r[k] for k in ("model", "strategy", "checkpoint_rank", "benchmark", "pass1_mean",
                                              "pass1_std", "n_repeats")} | {"checkpoint": checkpoint} for r in rows])
     ctx.registry.add_rows("eval_results", ctx.run_id, frame)
+    ckpt = _artifact_id(ctx.registry, checkpoint, "checkpoint:%")  # lineage: eval result -> checkpoint
     for r in rows:
         ctx.registry.add_artifact(ctx.run_id, "eval", f"eval_report:{strategy}:{r['benchmark']}", r["report_path"], None,
+                                  parents=[ckpt] if ckpt else [],
                                   meta={"checkpoint": checkpoint, "rank": rank, "pass1": r["pass1_mean"]})
     return rows
+
+
+def _artifact_id(reg, path: str | Path, kind_like: str) -> str | None:
+    """The newest registered artifact of this file and kind (for lineage across runs)."""
+    found = reg.query("SELECT artifact_id FROM artifacts WHERE path = ? AND kind LIKE ? ORDER BY created_at DESC LIMIT 1",
+                      [str(Path(path).resolve()), kind_like])
+    return found["artifact_id"][0] if found.height else None
 
 
 def comparison_report(ctx: RunContext, rows: list[dict]) -> dict:
