@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import tasks  # noqa: F401
 from prefect import flow
+from prefect.futures import as_completed
 
 from tasks import curate as t
+from tasks.progress import artifact
 from undercurve.config import load_settings
 from undercurve.run import cancel_on_sigterm, tracked
 from undercurve.stages import model_stages
@@ -16,6 +18,9 @@ from undercurve.stages import model_stages
 def score_shards(ctx, shards: list, model: str) -> list[bool]:
     """Fan the scoring shards out over the task runner (threads, or Dask workers)."""
     futures = [t.score_shard.submit(ctx, shard, model) for shard in shards]
+    progress = artifact("scoring", "EAS scoring", "shards")
+    for done, _ in enumerate(as_completed(futures), start=1):
+        progress(done, len(futures))
     return [f.result() for f in futures]  # raises if a shard failed after its retry
 
 

@@ -14,6 +14,7 @@ from prefect import get_run_logger, runtime, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from tasks.progress import artifact
 from undercurve import stages
 from undercurve.config import ScoringSettings, Settings
 from undercurve.io import Shard
@@ -79,7 +80,7 @@ def accelerator(ctx: RunContext):
 def score(ctx: RunContext, prev: StageResult, model: str) -> StageResult:
     """The whole scoring stage in one task (the vLLM engine: one worker job)."""
     with accelerator(ctx):
-        return stages.score_stage(ctx, prev, model)
+        return stages.score_stage(ctx, prev, model, progress=artifact("scoring", "EAS scoring (vLLM)", "shards"))
 
 
 @task(name="score-plan", **_opts)
@@ -101,7 +102,8 @@ def score_merge(ctx: RunContext, prev: StageResult, shards: list[Shard]) -> Stag
 @task(name="pass-rate", retries=1, **_opts)
 def pass_rate(ctx: RunContext, prev: StageResult, model: str) -> StageResult:
     with accelerator(ctx):
-        return stages.pass_rate_stage(ctx, prev, model)
+        return stages.pass_rate_stage(ctx, prev, model,
+                                      progress=artifact("pass-rate", "pass-rate rollouts", "shards"))
 
 
 @task(name="features", **_opts)

@@ -9,6 +9,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from undercurve import train_stages
 from undercurve.run import RunContext
 from tasks.curate import _opts, accelerator
+from tasks.progress import artifact
 
 
 @task(name="find-selections", **_opts)
@@ -29,19 +30,22 @@ def has_rows(jsonl: str) -> bool:
 @task(name="sft", task_run_name="sft-{strategy}", **_opts)
 def train(ctx: RunContext, strategy: str, jsonl: str, model: str) -> dict:
     with accelerator(ctx):
-        return train_stages.train_strategy(ctx, strategy, jsonl, model)
+        return train_stages.train_strategy(ctx, strategy, jsonl, model,
+                                           progress=artifact(f"sft-{strategy}", f"SFT {strategy}", "steps"))
 
 
 @task(name="evaluate", task_run_name="eval-{strategy}-rank{rank}", **_opts)
 def evaluate(ctx: RunContext, strategy: str, checkpoint: str, rank: int, model_label: str,
              benchmarks: dict[str, str | None]) -> list[dict]:
     with accelerator(ctx):
-        return train_stages.evaluate_checkpoint(ctx, strategy, checkpoint, rank, model_label, benchmarks)
+        return train_stages.evaluate_checkpoint(
+            ctx, strategy, checkpoint, rank, model_label, benchmarks,
+            progress=artifact(f"eval-{strategy}-rank{rank}", f"evaluation {strategy} rank {rank}", "samples"))
 
 
 @task(name="comparison-report", **_opts)
-def report(ctx: RunContext, rows: list[dict]) -> dict:
-    out = train_stages.comparison_report(ctx, rows)
+def report(ctx: RunContext, rows: list[dict], not_run: dict[str, str]) -> dict:
+    out = train_stages.comparison_report(ctx, rows, not_run)
     create_markdown_artifact(key="strategy-comparison", markdown=out["markdown"],
                              description="Average Pass@1: random absolute, other strategies as deltas (paper Table 3)")
     create_table_artifact(key="eval-results", table=[{k: r[k] for k in ("strategy", "checkpoint_rank", "benchmark",

@@ -132,3 +132,22 @@ def test_cli_inspects_the_registry(curated, capsys):
     assert main(["compare", "--registry", reg]) == 0
     out = capsys.readouterr().out
     assert "eas" in out and "length" in out  # pass_rate: no eligible sample with the random model
+
+
+def test_long_stages_report_progress_in_prefect(curated):
+    """Scoring shards and rollout steps update Prefect progress artifacts to 100 %."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def latest(key):
+        async with get_client() as client:
+            arts = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+            return [(a.type, a.data, a.description) for a in arts]
+
+    for key, unit in (("scoring", "shards"), ("pass-rate", "shards")):
+        arts = asyncio.run(latest(key))
+        assert arts, f"no {key} progress artifact"
+        kind, data, description = arts[-1] if len(arts) == 1 else max(arts, key=lambda a: float(a[1]))
+        assert kind == "progress" and float(data) == 100.0 and unit in description, arts

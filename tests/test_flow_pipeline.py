@@ -7,7 +7,7 @@ from conftest import demo_overrides
 from undercurve.registry import Registry
 
 SMALL = {
-    "corpus.demo_size": 12, "pass_rate.enabled": False, "selection.strategies": ["random", "eas"],
+    "corpus.demo_size": 12, "selection.strategies": ["random", "eas", "pass_rate"],
     "selection.budget": 10,  # 2 of them held out for the validation loss; the demo's SFT settings
     "train.top_k_checkpoints": 1,
     "eval.repeats": 2,
@@ -43,6 +43,10 @@ def test_pipeline_curates_trains_evaluates_and_reports(prefect_harness, tmp_path
     # the comparison report: random absolute, eas as a delta, on disk and registered
     csv = pl.read_csv(te_run["csv_path"])
     assert set(csv["strategy"]) == {"random", "eas"}
+    # the random tiny model never solves a problem: every pass rate is 0, the pass_rate selection
+    # is empty, and the comparison says so instead of dropping the strategy
+    assert "`pass_rate`: skipped: its selection is empty" in te_run["markdown"]
+    assert te_run["skipped_empty"] == ["pass_rate"]
     kinds = set(reg.query("SELECT kind FROM artifacts WHERE run_id = ?", [te_id])["kind"])
     assert {"checkpoint:eas", "checkpoint:random", "comparison_md", "comparison_csv"} <= kinds
     # lineage to the end: every eval report -> its checkpoint -> the selection JSONL -> ... -> ingest

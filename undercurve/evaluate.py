@@ -131,7 +131,8 @@ def task_config_kwargs(model: str, benchmarks: Mapping[str, str | Path | None], 
 
 
 def run_eval(checkpoint_dir: str | Path | None, benchmarks: Mapping[str, str | Path | None], repeats: int,
-             settings: Any = None, *, work_dir: str | Path | None = None, python: str | None = None) -> EvalResult:
+             settings: Any = None, *, work_dir: str | Path | None = None, python: str | None = None,
+             on_line=None) -> EvalResult:
     """Evaluate one checkpoint on benchmarks (name -> local dir from write_local_benchmark, or None = hub).
 
     work_dir defaults to ``<checkpoint_dir>-eval``. Raises JobFailed with the log tail and
@@ -168,7 +169,7 @@ def run_eval(checkpoint_dir: str | Path | None, benchmarks: Mapping[str, str | P
     # the child runs from work_dir: make this package importable even without an install
     child_env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(_REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     run_job([python or sys.executable, "-m", "undercurve.evaluate", str(job_path)], log_path,
-               what="evalscope evaluation", env=child_env, timeout_s=s["timeout_s"], cwd=work_dir)
+               what="evalscope evaluation", env=child_env, timeout_s=s["timeout_s"], cwd=work_dir, on_line=on_line)
 
     result = EvalResult(model=model, work_dir=work_dir, log_path=log_path, repeats=int(repeats))
     for name in benchmarks:

@@ -243,7 +243,7 @@ def score_merge(ctx: RunContext, prev: StageResult, shards: list[Shard]) -> Stag
                    extra={"engine": "torch", "mode": ctx.settings.scoring.mode, "shards": len(shards)})
 
 
-def score_stage(ctx: RunContext, prev: StageResult, model: str) -> StageResult:
+def score_stage(ctx: RunContext, prev: StageResult, model: str, progress=None) -> StageResult:
     """EAS/EDIS/PPL per sample; finished shards are not recomputed. In-process for the torch
     engine (the flow fans shards out itself), one worker job for the vLLM engine."""
     if ctx.settings.scoring.engine == "torch":
@@ -255,13 +255,13 @@ def score_stage(ctx: RunContext, prev: StageResult, model: str) -> StageResult:
 
     settings = _score_settings(ctx, model)
     df = pl.read_parquet(prev.path)
-    scores, aside = score_with_vllm(df, settings, ctx.stage_dir("score") / "vllm")
+    scores, aside = score_with_vllm(df, settings, ctx.stage_dir("score") / "vllm", progress)
     n_shards = (df.height + settings["shard_size"] - 1) // settings["shard_size"]
     return _finish(ctx, "score", scores, aside, df.height, prev, kind="scores",
                    extra={"engine": "vllm", "mode": settings["mode"], "top_k": settings["top_k"], "shards": n_shards})
 
 
-def pass_rate_stage(ctx: RunContext, prev: StageResult, model: str) -> StageResult:
+def pass_rate_stage(ctx: RunContext, prev: StageResult, model: str, progress=None) -> StageResult:
     """n rollouts per sample with vLLM; pass rate by math equivalence with the reference."""
     from undercurve.vllm_stages import pass_rate_with_vllm
 
@@ -269,7 +269,7 @@ def pass_rate_stage(ctx: RunContext, prev: StageResult, model: str) -> StageResu
     df = pl.read_parquet(prev.path)
     d = ctx.stage_dir("pass_rate")
     rates, rollouts_path = pass_rate_with_vllm(df, model, {**pr.model_dump(), "box_openers": ctx.settings.answers.box_openers},
-                                               d, ctx.settings.model.trust_remote_code)
+                                               d, ctx.settings.model.trust_remote_code, progress)
     return _finish(ctx, "pass_rate", rates, _empty_aside(), df.height, prev, kind="pass_rates",
                    extra={"rollouts": str(rollouts_path), "n": pr.rollouts})
 

@@ -159,7 +159,7 @@ def _read_metrics(out_dir: Path, checkpoints: list[Path]) -> tuple[dict[str, Any
 
 
 def run_sft(dataset_jsonl: str | Path, model_dir: str | Path, out_dir: str | Path, settings: Any = None,
-            *, python: str | None = None) -> SftResult:
+            *, python: str | None = None, on_line=None) -> SftResult:
     """Fine-tune model_dir on dataset_jsonl into out_dir; return its checkpoints + validation losses.
 
     Raises JobFailed (a RuntimeError) with the log tail and ``out_dir/sft.log`` when ms-swift fails.
@@ -180,7 +180,8 @@ def run_sft(dataset_jsonl: str | Path, model_dir: str | Path, out_dir: str | Pat
     launcher = [py, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "-m", "swift.cli.sft"] if nproc > 1 \
         else [py, "-m", "swift.cli.sft"]
     env = {k: str(v) for k, v in (s.get("env") or {}).items()}
-    run_job(launcher + args, log_path, what="ms-swift SFT", env=env, timeout_s=s.get("timeout_s"), cwd=out_dir)
+    run_job(launcher + args, log_path, what="ms-swift SFT", env=env, timeout_s=s.get("timeout_s"), cwd=out_dir,
+            on_line=on_line)
 
     checkpoints = list_checkpoints(out_dir)
     if not checkpoints:

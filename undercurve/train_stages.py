@@ -66,7 +66,7 @@ def _weights(checkpoints) -> list[Path]:
     return sorted(p for c in checkpoints for p in Path(c).glob("*.safetensors"))
 
 
-def train_strategy(ctx: RunContext, strategy: str, jsonl: str, model: str) -> dict:
+def train_strategy(ctx: RunContext, strategy: str, jsonl: str, model: str, progress=None) -> dict:
     """SFT on one selection. The output folder is keyed by what determines the result (the
     selection's content, the model, the SFT settings), so a finished SFT is reused only for
     the same inputs, and only after its checkpoint weights match the hashes recorded when it
@@ -87,7 +87,10 @@ def train_strategy(ctx: RunContext, strategy: str, jsonl: str, model: str) -> di
         if marker.exists():
             log.warning("train %s: checkpoints in %s fail their recorded hashes: training again", strategy, out_dir)
         log.info("train %s: ms-swift SFT on %s (log: %s)", strategy, jsonl, out_dir / "sft.log")
-        res = run_sft(jsonl, model, out_dir, {**sft, "overwrite": True})
+        from undercurve.progress import SFT_STEP, from_lines
+
+        res = run_sft(jsonl, model, out_dir, {**sft, "overwrite": True},
+                      on_line=from_lines(SFT_STEP, progress) if progress else None)
         write_marker(marker, key, _weights(res.checkpoints))
     top = res.top_k(ctx.settings.train.top_k_checkpoints)
     rank = {str(c): i + 1 for i, c in enumerate(top)}
@@ -104,7 +107,7 @@ def train_strategy(ctx: RunContext, strategy: str, jsonl: str, model: str) -> di
 
 
 def evaluate_checkpoint(ctx: RunContext, strategy: str, checkpoint: str, rank: int, model_label: str,
-                        benchmarks: dict[str, str | None]) -> list[dict]:
+                        benchmarks: dict[str, str | None], progress=None) -> list[dict]:
     """Average Pass@1 with N repeats on every benchmark, recorded in the registry."""
     from undercurve.evaluate import run_eval
 
@@ -112,7 +115,10 @@ def evaluate_checkpoint(ctx: RunContext, strategy: str, checkpoint: str, rank: i
     work_dir = ctx.stage_dir("eval") / strategy / Path(checkpoint).name
     log.info("eval %s %s (rank %d): %s, %d repeats (log: %s)", strategy, Path(checkpoint).name, rank,
              ", ".join(benchmarks), e.repeats, work_dir / "eval.log")
-    res = run_eval(checkpoint, benchmarks, e.repeats, e.settings, work_dir=work_dir)
+    from undercurve.progress import EVAL_SAMPLES, from_lines
+
+    res = run_eval(checkpoint, benchmarks, e.repeats, e.settings, work_dir=work_dir,
+                   on_line=from_lines(EVAL_SAMPLES, progress) if progress else None)
     rows = res.to_rows(model=model_label, strategy=strategy, checkpoint_rank=rank)
     frame = pl.DataFrame([{k: r[k] for k in ("model", "strategy", "checkpoint_rank", "benchmark", "pass1_mean",
                                              "pass1_std", "n_repeats")} | {"checkpoint": checkpoint} for r in rows])
@@ -132,12 +138,18 @@ def _artifact_id(reg, path: str | Path, kind_like: str) -> str | None:
     return found["artifact_id"][0] if found.height else None
 
 
-def comparison_report(ctx: RunContext, rows: list[dict]) -> dict:
-    """Table 3: random absolute, other strategies as deltas; Markdown + CSV on disk."""
+def comparison_report(ctx: RunContext, rows: list[dict], not_run: dict[str, str] | None = None) -> dict:
+    """Table 3: random absolute, other strategies as deltas; Markdown + CSV on disk. Every
+    strategy of the curate run appears: those without results are listed with the reason."""
+    from undercurve.io import write_text_atomic
     from undercurve.report import comparison_table, to_markdown, write_report
 
     table = comparison_table(pl.DataFrame(rows))
     md_path, csv_path = write_report(table, ctx.stage_dir("report"))
+    markdown = to_markdown(table)
+    if not_run:
+        markdown += "\n\nStrategies without a result:\n\n" + "\n".join(f"- `{s}`: {why}" for s, why in not_run.items()) + "\n"
+        write_text_atomic(markdown, md_path)
     ctx.registry.add_artifact(ctx.run_id, "report", "comparison_md", md_path, table.height)
     ctx.registry.add_artifact(ctx.run_id, "report", "comparison_csv", csv_path, table.height)
-    return {"markdown": to_markdown(table), "md_path": str(md_path), "csv_path": str(csv_path)}
+    return {"markdown": markdown, "md_path": str(md_path), "csv_path": str(csv_path)}

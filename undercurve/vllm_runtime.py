@@ -67,6 +67,7 @@ def run_vllm_job(
     timeout: float | None = None,
     echo: bool = False,
     env: dict | None = None,
+    on_line=None,
 ) -> dict:
     """Run ``job`` in the vLLM environment and return the worker's result dict.
 
@@ -84,8 +85,14 @@ def run_vllm_job(
     result_path.unlink(missing_ok=True)
 
     cmd = [str(vllm_python()), "-m", "undercurve.vllm_worker", str(job_path)]
+    def each_line(line: str) -> None:
+        if echo:
+            sys.stdout.write(line)
+        if on_line:
+            on_line(line)
+
     run_job(cmd, log_path, what="vLLM worker", env=worker_env(env), cwd=REPO_ROOT, timeout_s=timeout,
-            on_line=sys.stdout.write if echo else None)
+            on_line=each_line)
     if not result_path.exists():
         raise JobFailed(f"vLLM worker wrote no result {result_path}; full log: {log_path}", log_path)
     return json.loads(result_path.read_text())

@@ -34,7 +34,7 @@ def _engine_opts(settings: dict) -> dict:
 
 
 def pass_rate_with_vllm(df: pl.DataFrame, model: str, settings: dict, out_dir: str | Path,
-                        trust_remote_code: bool = False) -> tuple[pl.DataFrame, Path]:
+                        trust_remote_code: bool = False, progress=None) -> tuple[pl.DataFrame, Path]:
     """n rollouts per sample; -> (``id, n, n_correct, pass_rate`` per sample, rollouts Parquet)."""
     out = Path(out_dir)
     (out / "shards").mkdir(parents=True, exist_ok=True)
@@ -49,7 +49,7 @@ def pass_rate_with_vllm(df: pl.DataFrame, model: str, settings: dict, out_dir: s
     if not steps:
         return pl.DataFrame(schema={"id": pl.Utf8, "n": pl.Int64, "n_correct": pl.Int64, "pass_rate": pl.Float64}), out
     job = {"model": model, "engine": _engine_opts({**settings, "trust_remote_code": trust_remote_code}), "steps": steps}
-    result = run_vllm_job(job, out, name="rollouts")
+    result = run_vllm_job(job, out, name="rollouts", on_line=_step_progress(progress, len(steps)))
     skipped = sum(s["skipped"] for s in result["steps"])
     log.info("pass_rate: %d shards done, %d of them already finished before this run", len(steps), skipped)
     rollouts = pl.concat([pl.read_parquet(s["output"]) for s in steps])
@@ -58,7 +58,14 @@ def pass_rate_with_vllm(df: pl.DataFrame, model: str, settings: dict, out_dir: s
     return rates, rollouts_path
 
 
-def score_with_vllm(df: pl.DataFrame, settings: dict, out_dir: str | Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _step_progress(progress, n_steps: int):
+    from undercurve.progress import VLLM_STEP_DONE, from_lines
+
+    return from_lines(VLLM_STEP_DONE, progress, n_steps) if progress else None
+
+
+def score_with_vllm(df: pl.DataFrame, settings: dict, out_dir: str | Path,
+                    progress=None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The paper's top-K path; -> (scores, set-aside rows)."""
     out = Path(out_dir)
     (out / "shards").mkdir(parents=True, exist_ok=True)
@@ -74,7 +81,7 @@ def score_with_vllm(df: pl.DataFrame, settings: dict, out_dir: str | Path) -> tu
         return pl.DataFrame(schema=SCORE_SCHEMA), pl.DataFrame(schema=SET_ASIDE_SCHEMA)
     job = {"model": settings["model"], "engine": _engine_opts(settings), "steps": steps}
     log.info("score: %d samples in %d shards (vLLM top-%d, %s)", df.height, len(steps), settings["top_k"], settings["mode"])
-    run_vllm_job(job, out, name="score")
+    run_vllm_job(job, out, name="score", on_line=_step_progress(progress, len(steps)))
     scores = pl.concat([pl.read_parquet(s["output"]) for s in steps], how="diagonal_relaxed")
     aside = pl.concat([pl.read_parquet(s["set_aside_output"]) for s in steps], how="diagonal_relaxed")
     return scores, aside
