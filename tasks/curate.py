@@ -119,10 +119,17 @@ def select(ctx: RunContext, feats: StageResult, samples: StageResult, strategy: 
 
 @task(name="finish-run", **_opts)
 def finish_run(ctx: RunContext, status: str, results: list[StageResult]) -> dict:
+    from undercurve.explain import curation_markdown
+    from undercurve.io import write_text_atomic
+
     summary = stages.run_summary(ctx, results)
+    report = curation_markdown(summary, list(summary["selections"]))
+    summary["report"] = str(write_text_atomic(report, ctx.run_dir / "curation.md").resolve())
     ctx.registry.finish_run(ctx.run_id, status, summary)
     create_table_artifact(key="curation-summary", table=summary["stages"],
                           description=f"undercurve run {ctx.run_id}: rows per stage")
+    create_markdown_artifact(key="curation-report", markdown=report,
+                             description="Rows per stage, set-aside reasons with examples, what each strategy chose")
     return summary
 
 

@@ -151,3 +151,19 @@ def test_long_stages_report_progress_in_prefect(curated):
         assert arts, f"no {key} progress artifact"
         kind, data, description = arts[-1] if len(arts) == 1 else max(arts, key=lambda a: float(a[1]))
         assert kind == "progress" and float(data) == 100.0 and unit in description, arts
+
+
+def test_the_run_explains_itself(curated):
+    """curation.md (also a Prefect artifact): reasons with examples, per-strategy means, overlap."""
+    workdir, summary = curated
+    report = (workdir / "demo" / "curation.md").read_text()
+    assert summary["report"].endswith("curation.md")
+    assert "| ingest | duplicate id | 1 | demo-0:" in report  # the reason, its count and an example
+    assert "| decontaminate |" in report
+    feats = pl.read_parquet(workdir / "demo" / "features" / "features.parquet")
+    eas_ids = pl.read_parquet(workdir / "demo" / "select" / "eas.parquet")["id"]
+    mean_eas = feats.filter(pl.col("id").is_in(eas_ids.implode()))["eas"].mean()
+    assert f"| eas | {eas_ids.len()} | " in report and f"{mean_eas:.3g}" in report
+    rand_ids = set(pl.read_parquet(workdir / "demo" / "select" / "random.parquet")["id"])
+    jaccard = len(rand_ids & set(eas_ids)) / len(rand_ids | set(eas_ids))
+    assert any(line.startswith("| random | eas |") and f"{jaccard:.3g}" in line for line in report.splitlines())
