@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name)
         p.add_argument("--registry", help="DuckDB file (default: from --config)")
         p.add_argument("--config", default="configs/demo.yaml")
+        p.add_argument("--json", action="store_true", help="JSON for scripts instead of tables")
         if name == "show":
             p.add_argument("run_id")
     args = ap.parse_args(argv)
@@ -124,21 +125,32 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "show" and reg.query("SELECT 1 FROM runs WHERE run_id = ?", [args.run_id]).height == 0:
         print(f"undercurve: no run {args.run_id!r} in {reg.path}", file=sys.stderr)
         return 1
-    if args.cmd == "runs":
-        print(reg.query("SELECT run_id, flow, run_name, status, started_at, finished_at, code_version, reason "
-                        "FROM runs ORDER BY started_at DESC"))
-    elif args.cmd == "show":
-        print(reg.query("SELECT run_id, flow, status, reason, summary_json FROM runs WHERE run_id = ?", [args.run_id]))
-        print(reg.query("SELECT artifact_id, stage, kind, rows, path FROM artifacts WHERE run_id = ? "
-                        "ORDER BY created_at", [args.run_id]))
-        print(reg.query("SELECT c.stage || ':' || c.kind AS child, p.stage || ':' || p.kind AS parent "
-                        "FROM lineage l JOIN artifacts c ON c.artifact_id = l.child_id "
-                        "JOIN artifacts p ON p.artifact_id = l.parent_id WHERE c.run_id = ?", [args.run_id]))
-        print(reg.query("SELECT stage, reason, n FROM set_aside WHERE run_id = ? ORDER BY stage", [args.run_id]))
-    elif args.cmd == "compare":
-        print(reg.query("SELECT r.run_name, s.run_id, s.strategy, count(*) AS n, avg(s.score) AS mean_score "
-                        "FROM selections s JOIN runs r USING (run_id) GROUP BY ALL ORDER BY r.run_name, s.strategy"))
+    tables = _read_tables(reg, args)
+    if args.json:
+        print(json.dumps({name: t.to_dicts() for name, t in tables.items()}, default=str, indent=1))
+    else:
+        for t in tables.values():
+            print(t)
     return 0
+
+
+def _read_tables(reg, args) -> dict:
+    if args.cmd == "runs":
+        return {"runs": reg.query("SELECT run_id, flow, run_name, status, started_at, finished_at, code_version, "
+                                  "reason FROM runs ORDER BY started_at DESC")}
+    if args.cmd == "show":
+        return {
+            "run": reg.query("SELECT run_id, flow, status, reason, summary_json FROM runs WHERE run_id = ?", [args.run_id]),
+            "artifacts": reg.query("SELECT artifact_id, stage, kind, rows, path FROM artifacts WHERE run_id = ? "
+                                   "ORDER BY created_at", [args.run_id]),
+            "lineage": reg.query("SELECT c.stage || ':' || c.kind AS child, p.stage || ':' || p.kind AS parent "
+                                 "FROM lineage l JOIN artifacts c ON c.artifact_id = l.child_id "
+                                 "JOIN artifacts p ON p.artifact_id = l.parent_id WHERE c.run_id = ?", [args.run_id]),
+            "set_aside": reg.query("SELECT stage, reason, n FROM set_aside WHERE run_id = ? ORDER BY stage", [args.run_id]),
+        }
+    return {"selections": reg.query("SELECT r.run_name, s.run_id, s.strategy, count(*) AS n, avg(s.score) AS mean_score "
+                                    "FROM selections s JOIN runs r USING (run_id) GROUP BY ALL "
+                                    "ORDER BY r.run_name, s.strategy")}
 
 
 def _run(args, overrides: dict | None) -> None:
@@ -172,6 +184,8 @@ def _print_summary(summary: dict) -> None:
     if "accounting" in summary:
         print("accounting:", json.dumps(summary["accounting"]))
     print("outputs: ", summary["run_dir"])
+    if summary.get("report"):
+        print("report:  ", summary["report"], "(rows per stage, set-aside reasons, what each strategy chose)")
     print("registry:", summary["registry"])
     for strategy, path in summary["selections"].items():
         print(f"  {strategy:<10} {path}")

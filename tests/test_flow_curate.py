@@ -127,6 +127,11 @@ def test_cli_inspects_the_registry(curated, capsys):
     assert main(["show", summary["run_id"], "--registry", reg]) == 0
     shown = capsys.readouterr().out
     assert "swift_jsonl:eas" in shown and "contamination:ngram" in shown
+    assert main(["show", summary["run_id"], "--registry", reg, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["run"][0]["status"] == "COMPLETED"
+    assert {a["kind"] for a in shown["artifacts"]} >= {"samples", "scores", "swift_jsonl:eas"}
+    assert sum(r["n"] for r in shown["set_aside"]) == summary["accounting"]["set_aside"]
     assert main(["show", "no-such-run", "--registry", reg]) == 1  # an unknown id is an error
     assert "no run 'no-such-run'" in capsys.readouterr().err
     assert main(["compare", "--registry", reg]) == 0
