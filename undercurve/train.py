@@ -12,13 +12,12 @@ validation loss and the top-k by validation score can be picked afterwards.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 from undercurve.config import SftSettings
 from undercurve.jobs import JobFailed, log_tail, run_job
