@@ -31,7 +31,10 @@ demo: setup
 
 # Random test order every run (pytest-randomly); the seed is printed so a failure replays
 # with `make test TEST_SEED=N`.
-TEST_SEED ?= $(shell date +%s)
+# := evaluates once, so the printed seed is the one used
+ifndef TEST_SEED
+TEST_SEED := $(shell date +%s)
+endif
 test: setup
 	@echo "test order seed: $(TEST_SEED)  (replay: make test TEST_SEED=$(TEST_SEED))"
 	$(VENV)/bin/python -m pytest -q -p randomly --randomly-seed=$(TEST_SEED)
