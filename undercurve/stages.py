@@ -44,19 +44,27 @@ def _finish(ctx: RunContext, stage: str, out: pl.DataFrame, aside: pl.DataFrame,
             parent: StageResult | None, kind: str = "samples", extra: dict | None = None,
             parents: list[str] | None = None) -> StageResult:
     """Write output + set-aside, check the row balance, record artifacts and lineage."""
-    if out.height + aside.height != rows_in:
-        raise AssertionError(f"{stage}: rows in {rows_in} != kept {out.height} + set aside {aside.height}")
     d = ctx.stage_dir(stage)
     path = write_parquet_atomic(out, d / f"{kind}.parquet")
-    reg = ctx.registry
-    ids = list(parents or ([parent.artifact_id] if parent else []))
-    aid = reg.add_artifact(ctx.run_id, stage, kind, path, out.height, parents=ids, meta=extra)
     if aside.height:
-        aside_path = write_parquet_atomic(aside.select(list(SET_ASIDE_SCHEMA)), d / "set_aside.parquet")
-        reg.add_artifact(ctx.run_id, stage, "set_aside", aside_path, aside.height, parents=ids)
+        write_parquet_atomic(aside.select(list(SET_ASIDE_SCHEMA)), d / "set_aside.parquet")
+    ids = list(parents or ([parent.artifact_id] if parent else []))
+    return _record(ctx, stage, kind, path, rows_in, out.height, aside, ids, extra)
+
+
+def _record(ctx: RunContext, stage: str, kind: str, path: Path, rows_in: int, kept: int, aside: pl.DataFrame,
+            parents: list[str], extra: dict | None) -> StageResult:
+    """Check the row balance and record a written stage output (and its set-aside rows,
+    already in ``<stage>/set_aside.parquet``) with lineage in the registry."""
+    if kept + aside.height != rows_in:
+        raise AssertionError(f"{stage}: rows in {rows_in} != kept {kept} + set aside {aside.height}")
+    reg = ctx.registry
+    aid = reg.add_artifact(ctx.run_id, stage, kind, path, kept, parents=parents, meta=extra)
+    if aside.height:
+        reg.add_artifact(ctx.run_id, stage, "set_aside", path.parent / "set_aside.parquet", aside.height, parents=parents)
         reg.add_set_aside(ctx.run_id, stage, aside)
-    log.info("%s: %d in, %d kept, %d set aside -> %s", stage, rows_in, out.height, aside.height, path)
-    return StageResult(stage, str(path), aid, rows_in, out.height, aside.height, extra or {})
+    log.info("%s: %d in, %d kept, %d set aside -> %s", stage, rows_in, kept, aside.height, path)
+    return StageResult(stage, str(path), aid, rows_in, kept, aside.height, extra or {})
 
 
 def _empty_aside() -> pl.DataFrame:
@@ -113,20 +121,15 @@ def ingest_stage(ctx: RunContext, corpus: str) -> StageResult:
     path, aside_path = d / "samples.parquet", d / "set_aside.parquet"
     counts = ingest_to(corpus, path, aside_path, split=s.split, limit=s.limit,
                        box_openers=ctx.settings.answers.box_openers)
-    if not counts.balanced:
-        raise AssertionError(f"ingest: rows in {counts.rows_in} != kept {counts.kept} + set aside {counts.set_aside}")
-    if counts.kept == 0:
+    if counts.kept == 0 and counts.balanced:
         raise NoUsableRows(corpus, counts, aside_path if counts.set_aside else None)
-    extra = {"source": corpus, "set_aside_reasons": counts.reasons}
-    reg = ctx.registry
-    aid = reg.add_artifact(ctx.run_id, "ingest", "samples", path, counts.kept, parents=[], meta=extra)
     if counts.set_aside:
-        reg.add_artifact(ctx.run_id, "ingest", "set_aside", aside_path, counts.set_aside, parents=[])
-        reg.add_set_aside(ctx.run_id, "ingest", pl.read_parquet(aside_path))
+        aside = pl.read_parquet(aside_path)  # set-aside rows are few; the samples are never loaded
     else:
+        aside = _empty_aside()
         aside_path.unlink(missing_ok=True)  # as _finish: no set-aside file when nothing was set aside
-    log.info("ingest: %d in, %d kept, %d set aside -> %s", counts.rows_in, counts.kept, counts.set_aside, path)
-    return StageResult("ingest", str(path), aid, counts.rows_in, counts.kept, counts.set_aside, extra)
+    return _record(ctx, "ingest", "samples", path, counts.rows_in, counts.kept, aside, [],
+                   {"source": corpus, "set_aside_reasons": counts.reasons})
 
 
 def decontaminate_stage(ctx: RunContext, prev: StageResult, demo_benchmark: str | None) -> StageResult:
