@@ -19,7 +19,7 @@ from pathlib import Path
 import polars as pl
 
 from undercurve.config import Settings
-from undercurve.io import Shard, plan_shards, run_shard, write_parquet_atomic
+from undercurve.io import Shard, outputs_verified, plan_shards, write_marker, write_parquet_atomic
 from undercurve.run import RunContext
 from undercurve.schema import SET_ASIDE_SCHEMA
 
@@ -196,30 +196,48 @@ def _torch_scorer(settings_json: str):
 
 
 def score_shard(ctx: RunContext, shard: Shard, model: str) -> bool:
-    """Score one shard (skipped if already done); returns True when skipped."""
-    from undercurve.scoring.score import score_frame
+    """Score one shard (skipped if already done); returns True when skipped.
 
-    settings = _score_settings(ctx, model)
-    scorer_key = json.dumps({k: settings[k] for k in ("model", "device", "dtype", "batch_tokens", "edis")},
-                            sort_keys=True)
-
-    def fn(part: pl.DataFrame) -> pl.DataFrame:
-        scores, aside_rows = score_frame(part, settings, scorer=_torch_scorer(scorer_key))
-        return _with_aside(scores, aside_rows)
-
+    Two outputs: ``shard-NNNNN.parquet`` (per-sample summaries and set-aside rows) and
+    ``entropies-NNNNN.parquet`` (per-token entropies, float32). The marker vouches for both."""
     t0 = time.perf_counter()
-    if shard.tampered():
-        log.warning("score: shard %d output fails its recorded hash (truncated or edited): recomputing", shard.index)
-        note = "output failed verification: recomputed"
-    else:
-        note = None
-    skipped = run_shard(shard, fn)
+    skipped, note = _shard_done(shard), None
+    if not skipped:
+        # this input and settings were scored before, yet an output fails its recorded hash
+        # (truncated, edited, deleted) or predates the entropies part
+        if shard.tampered() or outputs_verified(shard.marker, shard.fingerprint, [shard.output_path]):
+            log.warning("score: shard %d outputs fail verification: recomputing", shard.index)
+            note = "output failed verification: recomputed"
+        _score_shard_files(shard, _score_settings(ctx, model))
     seconds = time.perf_counter() - t0
     log.info("score: shard %d %s", shard.index, "already done, skipped" if skipped else f"scored in {seconds:.1f}s")
     ctx.registry.add_rows("shard_runs", ctx.run_id, pl.DataFrame([{
         "stage": "score", "shard": shard.index, "worker": worker_identity(), "skipped": skipped,
         "seconds": seconds, "finished_at": datetime.now(timezone.utc), "note": note}]))
     return skipped
+
+
+def _entropy_part(shard: Shard) -> Path:
+    return Path(shard.output_path).with_name(f"entropies-{shard.index:05d}.parquet")
+
+
+def _shard_done(shard: Shard) -> bool:
+    """Both outputs exist with the hashes the marker recorded (``Shard.done`` checks one)."""
+    return outputs_verified(shard.marker, shard.fingerprint, [shard.output_path, _entropy_part(shard)])
+
+
+def _score_shard_files(shard: Shard, settings: dict) -> None:
+    """Score one shard's input and write its two outputs, the marker last."""
+    from undercurve.scoring.score import score_frame, split_scores
+
+    scorer_key = json.dumps({k: settings[k] for k in ("model", "device", "dtype", "batch_tokens", "edis")},
+                            sort_keys=True)
+    scores, aside_rows = score_frame(pl.read_parquet(shard.input_path), settings, scorer=_torch_scorer(scorer_key))
+    summary, tokens = split_scores(scores)
+    del scores
+    write_parquet_atomic(tokens, _entropy_part(shard))
+    write_parquet_atomic(_with_aside(summary, aside_rows), shard.output_path)
+    write_marker(shard.marker, shard.fingerprint, [shard.output_path, _entropy_part(shard)])
 
 
 def worker_identity() -> str:
@@ -237,13 +255,32 @@ def worker_identity() -> str:
 
 
 def score_merge(ctx: RunContext, prev: StageResult, shards: list[Shard]) -> StageResult:
-    missing = [s.index for s in shards if not s.done()]
+    """Stream the shards' summaries into ``scores.parquet`` (never every shard in memory).
+
+    The per-token entropies stay where their shard wrote them, once: the
+    ``shards/entropies-NNNNN.parquet`` parts, read with ``scoring.score.scan_entropies``."""
+    from undercurve.scoring.score import SUMMARY_SCHEMA
+
+    missing = [s.index for s in shards if not _shard_done(s)]
     if missing:
         raise RuntimeError(f"score: shards {missing} are not finished")
-    parts = [pl.read_parquet(s.output_path) for s in shards]
-    scores, aside = _split_aside(pl.concat(parts, how="diagonal_relaxed") if parts else pl.DataFrame(), "score")
-    return _finish(ctx, "score", scores, aside, prev.rows_out, prev, kind="scores",
-                   extra={"engine": "torch", "mode": ctx.settings.scoring.mode, "shards": len(shards)})
+    d = ctx.stage_dir("score")
+    parts = [_entropy_part(s) for s in shards]
+    _drop_stale_entropy_parts(d / "shards", parts)
+    both = pl.scan_parquet([s.output_path for s in shards]) if shards else pl.LazyFrame(schema=SUMMARY_SCHEMA)
+    if ASIDE_FLAG not in both.collect_schema().names():
+        both = both.with_columns(*[pl.lit(None, pl.Utf8).alias(c) for c in (ASIDE_FLAG, "source", "detail")])
+    flagged = pl.col(ASIDE_FLAG).is_not_null()
+    aside = both.filter(flagged).select(
+        "id", "source", pl.lit("score").alias("stage"), pl.col(ASIDE_FLAG).alias("reason"), "detail").collect()
+    path = _sink_atomic(both.filter(~flagged).select(list(SUMMARY_SCHEMA)), d / "scores.parquet")
+    if aside.height:
+        write_parquet_atomic(aside, d / "set_aside.parquet")
+    extra = {"engine": "torch", "mode": ctx.settings.scoring.mode, "shards": len(shards)}
+    res = _record(ctx, "score", "scores", path, prev.rows_out, _parquet_rows(path), aside, [prev.artifact_id], extra)
+    ctx.registry.add_artifact(ctx.run_id, "score", "entropies", d / "shards", res.rows_out, parents=[res.artifact_id],
+                              meta={"parts": [str(p) for p in parts], "dtype": "float32"})
+    return res
 
 
 def score_stage(ctx: RunContext, prev: StageResult, model: str, progress=None) -> StageResult:
@@ -290,18 +327,21 @@ def features_stage(ctx: RunContext, samples: StageResult, scores: StageResult | 
     every selection (the random and length strategies included)."""
     from undercurve.strategies import PASS_RATE_COLUMNS, SCORE_COLUMNS
 
-    df = pl.read_parquet(samples.path).select("id", "n_tokens")
+    # lazily, summary columns only: never the samples' text or the per-token entropy lists
+    df = pl.scan_parquet(samples.path).select("id", "n_tokens")
     parents = [samples.artifact_id]
     for res, cols in ((scores, SCORE_COLUMNS), (pass_rates, PASS_RATE_COLUMNS)):
         if res is not None:
-            df = df.join(pl.read_parquet(res.path).select("id", *cols), on="id", how="inner", maintain_order="left")
+            df = df.join(pl.scan_parquet(res.path).select("id", *cols), on="id", how="inner", maintain_order="left")
             parents.append(res.artifact_id)
-    return _finish(ctx, "features", df, _empty_aside(), df.height, None, kind="features", parents=parents)
+    path = _sink_atomic(df, ctx.stage_dir("features") / "features.parquet")
+    n = _parquet_rows(path)
+    return _record(ctx, "features", "features", path, n, n, _empty_aside(), parents, None)
 
 
 def select_stage(ctx: RunContext, features: StageResult, samples: StageResult, spec: str) -> StageResult:
-    """Top-budget selection for one strategy + its ms-swift JSONL export."""
-    from undercurve.export import export_swift_jsonl
+    """Top-budget selection for one strategy + its ms-swift JSONL and `datasets` exports."""
+    from undercurve.export import export_hf_dataset, export_swift_jsonl
     from undercurve.strategies import make, resolve, select
 
     sel = ctx.settings.selection
@@ -340,15 +380,30 @@ def _with_aside(scores: pl.DataFrame, aside_rows: list[dict]) -> pl.DataFrame:
     return pl.concat([scores, aside], how="diagonal_relaxed")
 
 
-def _split_aside(both: pl.DataFrame, stage: str) -> tuple[pl.DataFrame, pl.DataFrame]:
-    if both.height == 0 or ASIDE_FLAG not in both.columns:
-        from undercurve.scoring.score import SCORE_SCHEMA
+def _sink_atomic(lf: pl.LazyFrame, path: Path) -> Path:
+    """``write_parquet_atomic`` for a lazy frame: streamed to a temp name, then renamed."""
+    import os
 
-        return (both if both.height else pl.DataFrame(schema=SCORE_SCHEMA)), _empty_aside()
-    flagged = both.filter(pl.col(ASIDE_FLAG).is_not_null())
-    aside = flagged.select("id", "source", pl.lit(stage).alias("stage"), pl.col(ASIDE_FLAG).alias("reason"), "detail")
-    scores = both.filter(pl.col(ASIDE_FLAG).is_null()).drop(ASIDE_FLAG, *[c for c in ("source", "detail") if c in both.columns])
-    return scores, aside
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    lf.sink_parquet(tmp, compression="zstd", statistics=True)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def _parquet_rows(path: Path) -> int:
+    return pl.scan_parquet(path).select(pl.len()).collect().item()  # from the footer
+
+
+def _drop_stale_entropy_parts(shard_dir: Path, keep: list[Path]) -> None:
+    """Parts of shards an earlier run of this name had and this one has not (the shard
+    count shrank): left alone they would be read as this run's entropies."""
+    names = {p.name for p in keep}
+    for stale in shard_dir.glob("entropies-*.parquet"):
+        if stale.name not in names:
+            stale.unlink()
 
 
 def run_summary(ctx: RunContext, results: list[StageResult]) -> dict:

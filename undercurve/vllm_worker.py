@@ -235,7 +235,9 @@ class Worker:
         for start in range(0, len(trajs), bs):
             rows += scorer.score(trajs[start : start + bs], mode=s["mode"], progress=probe_progress)
             log(f"step {name}: {len(rows)}/{len(trajs)} samples scored ({s['mode']}, top_k={s['top_k']})")
-        write_parquet_atomic(pl.DataFrame(rows, schema=SCORE_SCHEMA), outputs["output"])
+        # summaries + float32 per-token lists; the curve ``entropy`` is derivable from them
+        # (scoring.score.entropy_curve), so it is not stored twice
+        write_parquet_atomic(pl.DataFrame(rows, schema=SCORE_SCHEMA).drop("entropy"), outputs["output"])
         frame = set_aside_frame(aside, "score") if aside else pl.DataFrame(schema=SET_ASIDE_SCHEMA)
         write_parquet_atomic(frame, outputs["set_aside_output"])
         return {"rows": len(rows), "set_aside": len(aside)}

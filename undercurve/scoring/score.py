@@ -8,7 +8,10 @@ from undercurve.answers import DEFAULT_BOX_OPENERS
 from undercurve.eas import EdisParams
 from undercurve.scoring.trajectory import Trajectory, build_trajectory
 
-SCORE_SCHEMA = {
+# Per-sample scalars: what features and selection read. Computed in float64 from the
+# engine's entropies BEFORE the per-token lists are narrowed to float32, so no summary
+# carries float32 rounding.
+SUMMARY_SCHEMA = {
     "id": pl.Utf8,
     "engine": pl.Utf8,
     "mode": pl.Utf8,
@@ -26,10 +29,34 @@ SCORE_SCHEMA = {
     "topk_mass_mean": pl.Float64,
     "topk_mass_min": pl.Float64,
     "topk_bound": pl.Float64,
-    "entropy": pl.List(pl.Float64),
-    "plain_entropy": pl.List(pl.Float64),
-    "suffix_entropy": pl.List(pl.List(pl.Float64)),
 }
+# Per-token entropies (bits), stored once, apart from the summaries. float32: relative
+# rounding <= 2**-24 per value, far below the engines' own fp32 noise (SPEC section 4).
+# The curve EAS integrates is not stored: it is plain_entropy[:T-1] in plain mode and the
+# last column of suffix_entropy in probe mode (``entropy_curve``).
+TOKEN_SCHEMA = {
+    "id": pl.Utf8,
+    "plain_entropy": pl.List(pl.Float32),  # H_1..H_T, next-token entropy of the response itself
+    "suffix_entropy": pl.List(pl.List(pl.Float32)),  # probe: [T-1][suffix position]; plain: null
+}
+TOKEN_COLUMNS = tuple(c for c in TOKEN_SCHEMA if c != "id")
+# What ``score_frame`` returns in memory: summaries, the per-token lists and, for callers
+# that plot it, the derived curve ``entropy`` (never written by the curate stages).
+SCORE_SCHEMA = {**SUMMARY_SCHEMA, "entropy": pl.List(pl.Float32), **{c: TOKEN_SCHEMA[c] for c in TOKEN_COLUMNS}}
+
+
+def split_scores(scores: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(summary table, per-token table) of a ``score_frame`` result; ``entropy`` is dropped."""
+    return (scores.select([pl.col(c).cast(t) for c, t in SUMMARY_SCHEMA.items()]),
+            scores.select([pl.col(c).cast(t) for c, t in TOKEN_SCHEMA.items()]))
+
+
+def entropy_curve() -> pl.Expr:
+    """The curve H_1..H_{T-1} EAS integrates, rebuilt from the stored per-token lists."""
+    plain, suffix = pl.col("plain_entropy"), pl.col("suffix_entropy")
+    return (pl.when(suffix.is_null()).then(plain.list.slice(0, plain.list.len() - 1))
+            .otherwise(suffix.list.eval(pl.element().list.last())).alias("entropy"))
+
 
 DEFAULTS = {
     "engine": "torch",
@@ -87,3 +114,21 @@ def score_frame(df: pl.DataFrame, settings: dict, scorer=None) -> tuple[pl.DataF
             )
         rows = scorer.score(trajs, mode=s["mode"])
     return pl.DataFrame(rows, schema=SCORE_SCHEMA), aside
+
+
+def scan_entropies(score_dir) -> pl.LazyFrame:
+    """A curate run's per-token table, lazily: ``id, plain_entropy, suffix_entropy, entropy``.
+
+    ``score_dir`` is ``<run_dir>/score``. The torch stage keeps one part per shard
+    (``shards/entropies-NNNNN.parquet``, written once by the shard that scored it); the vLLM
+    stage keeps the lists in ``scores.parquet`` itself."""
+    from pathlib import Path
+
+    score_dir = Path(score_dir)
+    merged = score_dir / "scores.parquet"
+    if merged.exists() and "plain_entropy" in pl.read_parquet_schema(merged):
+        lf = pl.scan_parquet(merged)
+    else:
+        parts = sorted((score_dir / "shards").glob("entropies-*.parquet"))
+        lf = pl.scan_parquet(parts) if parts else pl.LazyFrame(schema=TOKEN_SCHEMA)
+    return lf.select(list(TOKEN_SCHEMA)).with_columns(entropy_curve())

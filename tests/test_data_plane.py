@@ -1,0 +1,134 @@
+"""Scores on disk: per-sample summaries apart from the per-token entropies, which are stored
+once, as float32; features and selection read the summaries only.
+
+Float32 bound: storing a float64 entropy h as float32 rounds to nearest, so the stored value
+is within u * |h| of h, u = eps32 / 2 = 2**-24 (the unit roundoff). Summaries are computed in
+float64 before storage, so they carry no float32 rounding at all.
+"""
+
+import numpy as np
+import polars as pl
+import pytest
+
+from undercurve.config import load_settings
+from undercurve.registry import Registry
+from undercurve.run import RunContext
+from undercurve.scoring.score import (SCORE_SCHEMA, SUMMARY_SCHEMA, TOKEN_SCHEMA, entropy_curve, scan_entropies,
+                                      split_scores)
+from undercurve.stages import StageResult, features_stage, score_stage
+
+U32 = float(np.finfo(np.float32).eps) / 2  # 2**-24: float64 -> float32 relative rounding
+EPS64 = float(np.finfo(np.float64).eps)
+
+
+def _lists(df: pl.DataFrame) -> list[str]:
+    return [c for c, t in df.schema.items() if isinstance(t, pl.List)]
+
+
+def test_float32_round_trip_within_unit_roundoff(tmp_path):
+    rng = np.random.default_rng(0)
+    T = 5000
+    # entropies across the whole range a 151,665-token vocabulary allows (0 .. log2 V bits),
+    # tiny ones included: the bound is relative
+    H = np.concatenate([rng.uniform(0, np.log2(151_665), T - 3), [0.0, 1e-9, 3e-5]])
+    row = {"id": "a", "T": T, "eas": float(H[:-1].sum()), "entropy": H[:-1].tolist(), "plain_entropy": H.tolist(),
+           "suffix_entropy": None}
+    _, tokens = split_scores(pl.DataFrame([row], schema=SCORE_SCHEMA))
+    tokens.write_parquet(tmp_path / "e.parquet", compression="zstd")
+    back = pl.read_parquet(tmp_path / "e.parquet")
+    assert back.schema == pl.Schema(TOKEN_SCHEMA) and "entropy" not in back.columns
+    stored = np.asarray(back["plain_entropy"][0].to_list(), dtype=np.float64)
+    err = np.abs(stored - H)
+    assert np.all(err <= U32 * np.abs(H))
+    assert err.max() > 0  # really narrowed: the bound is tested, not trivially met
+    # EAS from the stored curve vs the float64 EAS: u per term plus float64 summation (T * eps64)
+    curve = back.lazy().select(entropy_curve()).collect()["entropy"][0].to_numpy().astype(np.float64)
+    assert abs(curve.sum() - row["eas"]) <= row["eas"] * (U32 + T * EPS64)
+
+
+@pytest.fixture
+def scored_run(tmp_path, tiny_model):
+    """Three demo samples scored by the real torch stage in plain mode, two shards."""
+    from undercurve.demo import write_demo_inputs
+    from undercurve.ingest import ingest
+
+    corpus, _ = write_demo_inputs(tmp_path / "inputs", size=4, seed=3)
+    samples, _ = ingest(str(corpus))
+    samples = samples.filter(pl.col("id").str.starts_with("demo")).head(3).with_columns(n_tokens=pl.lit(10, pl.Int64))
+    path = tmp_path / "samples.parquet"
+    samples.write_parquet(path)
+    prev = StageResult("length_cap", str(path), "parent", samples.height, samples.height)
+    settings = load_settings("configs/demo.yaml", {"workdir": str(tmp_path / "w"), "scoring.engine": "torch",
+                                                   "scoring.mode": "plain", "scoring.shard_size": 2})
+    reg = Registry(settings.registry_path, create=True)
+    ctx = RunContext(settings, reg.start_run("curate", "t", {}, "h"), str(settings.registry_path))
+    return ctx, prev, str(tiny_model)
+
+
+def test_scores_split_into_summary_and_float32_entropies(scored_run, monkeypatch):
+    ctx, prev, model = scored_run
+    score_dir = ctx.run_dir / "score"
+    stale = score_dir / "shards" / "entropies-00007.parquet"  # from an earlier run with more shards
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"stale")
+    res = score_stage(ctx, prev, model)
+    scores = pl.read_parquet(res.path)
+    assert scores.schema == pl.Schema(SUMMARY_SCHEMA) and not _lists(scores)
+    assert not stale.exists()
+    parts = sorted((score_dir / "shards").glob("entropies-*.parquet"))
+    assert len(parts) == 2
+    for p in parts:  # the per-token table: id + float32 lists, no duplicate curve in plain mode
+        assert pl.read_parquet_schema(p) == pl.Schema(TOKEN_SCHEMA)
+    tokens = scan_entropies(score_dir).collect().join(scores, on="id")
+    assert tokens.height == scores.height == 3
+    assert tokens["suffix_entropy"].null_count() == 3  # plain mode
+    for r in tokens.iter_rows(named=True):
+        assert len(r["plain_entropy"]) == r["T"] and len(r["entropy"]) == r["T"] - 1
+        curve = np.asarray(r["entropy"], dtype=np.float64)
+        assert abs(curve.sum() - r["eas"]) <= r["eas"] * (U32 + r["T"] * EPS64)
+
+    # features read lazily: a full read of any input would fail here
+    def no_full_reads(*a, **k):
+        raise AssertionError("features_stage read a whole file")
+
+    monkeypatch.setattr(pl, "read_parquet", no_full_reads)
+    samples = StageResult("length_cap", prev.path, res.artifact_id, 3, 3)
+    feats_res = features_stage(ctx, samples, res, None)
+    monkeypatch.undo()
+    feats = pl.read_parquet(feats_res.path)
+    assert not _lists(feats) and feats.height == 3
+    # summaries are not rounded on the way: features carry the scores' float64 values exactly
+    assert feats.join(scores, on="id")["eas"].equals(feats.join(scores, on="id")["eas_right"], check_names=False)
+
+
+def test_a_deleted_entropies_part_is_recomputed(scored_run):
+    ctx, prev, model = scored_run
+    score_stage(ctx, prev, model)
+    shards = ctx.run_dir / "score" / "shards"
+    before = {p.name: p.stat().st_mtime_ns for p in shards.glob("shard-*.parquet")}
+    (shards / "entropies-00001.parquet").unlink()
+    score_stage(ctx, prev, model)
+    after = {p.name: p.stat().st_mtime_ns for p in shards.glob("shard-*.parquet")}
+    assert after["shard-00000.parquet"] == before["shard-00000.parquet"]  # verified, reused
+    assert after["shard-00001.parquet"] != before["shard-00001.parquet"]  # its part was missing
+    assert (shards / "entropies-00001.parquet").exists()
+    assert scan_entropies(ctx.run_dir / "score").collect().height == 3
+
+
+def test_features_from_a_scores_file_with_lists_keep_summaries_only(scored_run):
+    """The vLLM stage's scores file still carries the lists: features leave them behind."""
+    ctx, prev, model = scored_run
+    res = score_stage(ctx, prev, model)
+    summary = pl.read_parquet(res.path)
+    tokens = scan_entropies(ctx.run_dir / "score").collect().drop("entropy")
+    with_lists = ctx.run_dir / "vllm_like_scores.parquet"
+    summary.join(tokens, on="id").write_parquet(with_lists)
+    feats = pl.read_parquet(features_stage(ctx, StageResult("length_cap", prev.path, "p", 3, 3),
+                                           StageResult("score", str(with_lists), res.artifact_id, 3, 3), None).path)
+    assert not _lists(feats) and set(feats.columns) == {"id", "n_tokens", "eas", "mean_eas", "ppl", "edis", "edis_exact"}
+    # and the curve reader finds the lists there when the scores file holds them
+    with_lists.replace(ctx.run_dir / "score" / "scores.parquet")
+    for part in (ctx.run_dir / "score" / "shards").glob("entropies-*.parquet"):
+        part.unlink()
+    assert scan_entropies(ctx.run_dir / "score").collect().sort("id")["entropy"].to_list() == \
+        tokens.lazy().with_columns(entropy_curve()).collect().sort("id")["entropy"].to_list()
