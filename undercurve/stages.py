@@ -340,8 +340,8 @@ def features_stage(ctx: RunContext, samples: StageResult, scores: StageResult | 
 
 
 def select_stage(ctx: RunContext, features: StageResult, samples: StageResult, spec: str) -> StageResult:
-    """Top-budget selection for one strategy + its ms-swift JSONL and `datasets` exports."""
-    from undercurve.export import export_hf_dataset, export_swift_jsonl
+    """Top-budget selection for one strategy + its ms-swift JSONL export."""
+    from undercurve.export import export_swift_jsonl
     from undercurve.strategies import make, resolve, select
 
     sel = ctx.settings.selection
