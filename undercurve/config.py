@@ -105,6 +105,7 @@ class ScoringSettings(_Strict):
 
 class PassRateSettings(_Strict):
     enabled: bool = True
+    engine: Literal["auto", "vllm", "hf"] = "auto"  # auto: vLLM on a GPU, transformers on a CPU
     rollouts: int = Field(4, ge=1)
     temperature: float = Field(0.6, ge=0)
     top_p: float = Field(0.95, gt=0, le=1)

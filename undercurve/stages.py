@@ -302,13 +302,14 @@ def score_stage(ctx: RunContext, prev: StageResult, model: str, progress=None) -
 
 
 def pass_rate_stage(ctx: RunContext, prev: StageResult, model: str, progress=None) -> StageResult:
-    """n rollouts per sample with vLLM; pass rate by math equivalence with the reference."""
-    from undercurve.vllm_stages import pass_rate_with_vllm
+    """n rollouts per sample (vLLM, or transformers on a CPU); pass rate by math equivalence
+    with the reference."""
+    from undercurve.vllm_stages import pass_rate_rollouts
 
     pr = ctx.settings.pass_rate
     df = pl.read_parquet(prev.path)
     d = ctx.stage_dir("pass_rate")
-    rates, rollouts_path = pass_rate_with_vllm(df, model, {**pr.model_dump(), "box_openers": ctx.settings.answers.box_openers},
+    rates, rollouts_path = pass_rate_rollouts(df, model, {**pr.model_dump(), "box_openers": ctx.settings.answers.box_openers},
                                                d, ctx.settings.model.trust_remote_code, progress)
     return _finish(ctx, "pass_rate", rates, _empty_aside(), df.height, prev, kind="pass_rates",
                    extra={"rollouts": str(rollouts_path), "n": pr.rollouts})

@@ -68,12 +68,14 @@ def run_vllm_job(
     echo: bool = False,
     env: dict | None = None,
     on_line=None,
+    python: str | Path | None = None,
 ) -> dict:
     """Run ``job`` in the vLLM environment and return the worker's result dict.
 
     Writes ``<workdir>/<name>.json``; the worker's stdout+stderr go to ``<workdir>/<name>.log``
     (also echoed to our stdout when ``echo``) and its result to ``<workdir>/<name>.result.json``.
     Raises JobFailed (a RuntimeError) with the log tail and path when the worker fails.
+    ``python``: another interpreter (the ``hf`` backend runs in the main environment).
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -84,7 +86,7 @@ def run_vllm_job(
     job_path.write_text(json.dumps(job, indent=2, default=str))
     result_path.unlink(missing_ok=True)
 
-    cmd = [str(vllm_python()), "-m", "undercurve.vllm_worker", str(job_path)]
+    cmd = [str(python or vllm_python()), "-m", "undercurve.vllm_worker", str(job_path)]
     def each_line(line: str) -> None:
         if echo:
             sys.stdout.write(line)

@@ -7,6 +7,7 @@ fingerprint, so a killed run, rerun, redoes only the unfinished shards.
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -24,8 +25,20 @@ def _write_input_shards(df: pl.DataFrame, out_dir: Path, shard_size: int, column
     return [Path(s.input_path) for s in plan_shards(df.select(columns), out_dir, shard_size, settings={})]
 
 
+def sampling_backend(engine: str) -> str:
+    """``auto``: vLLM where there is a GPU; on a CPU transformers, which is the faster one
+    there (BENCHMARKS.md, "Rollouts on CPU")."""
+    if engine != "auto":
+        return engine
+    import torch
+
+    return "vllm" if torch.cuda.is_available() else "hf"
+
+
 def _engine_opts(settings: dict) -> dict:
     opts = {"seed": settings.get("seed", 0)}
+    if settings.get("backend", "vllm") != "vllm":
+        opts["backend"] = settings["backend"]
     if settings.get("dtype") not in (None, "auto"):
         opts["dtype"] = settings["dtype"]
     if settings.get("trust_remote_code"):
@@ -33,9 +46,11 @@ def _engine_opts(settings: dict) -> dict:
     return opts
 
 
-def pass_rate_with_vllm(df: pl.DataFrame, model: str, settings: dict, out_dir: str | Path,
-                        trust_remote_code: bool = False, progress=None) -> tuple[pl.DataFrame, Path]:
-    """n rollouts per sample; -> (``id, n, n_correct, pass_rate`` per sample, rollouts Parquet)."""
+def pass_rate_rollouts(df: pl.DataFrame, model: str, settings: dict, out_dir: str | Path,
+                       trust_remote_code: bool = False, progress=None) -> tuple[pl.DataFrame, Path]:
+    """n rollouts per sample; -> (``id, n, n_correct, pass_rate`` per sample, rollouts Parquet).
+
+    One worker job on the ``settings["engine"]`` backend (vLLM, or transformers on a CPU)."""
     out = Path(out_dir)
     (out / "shards").mkdir(parents=True, exist_ok=True)
     inputs = _write_input_shards(df, out / "shards", settings["shard_size"], ["id", "prompt", "answer"])
@@ -45,11 +60,14 @@ def pass_rate_with_vllm(df: pl.DataFrame, model: str, settings: dict, out_dir: s
               "n": settings["rollouts"], "temperature": settings["temperature"], "top_p": settings["top_p"],
               "max_tokens": settings["max_tokens"], "seed": settings["seed"],
               "box_openers": settings["box_openers"]} for i, p in enumerate(inputs)]
-    log.info("pass_rate: %d samples x %d rollouts in %d shards (vLLM)", df.height, settings["rollouts"], len(steps))
+    backend = sampling_backend(settings["engine"])
+    log.info("pass_rate: %d samples x %d rollouts in %d shards (%s)", df.height, settings["rollouts"], len(steps), backend)
     if not steps:
         return pl.DataFrame(schema={"id": pl.Utf8, "n": pl.Int64, "n_correct": pl.Int64, "pass_rate": pl.Float64}), out
-    job = {"model": model, "engine": _engine_opts({**settings, "trust_remote_code": trust_remote_code}), "steps": steps}
-    result = run_vllm_job(job, out, name="rollouts", on_line=_step_progress(progress, len(steps)))
+    job = {"model": model, "steps": steps,
+           "engine": _engine_opts({**settings, "backend": backend, "trust_remote_code": trust_remote_code})}
+    result = run_vllm_job(job, out, name="rollouts", on_line=_step_progress(progress, len(steps)),
+                          python=sys.executable if backend == "hf" else None)
     skipped = sum(s["skipped"] for s in result["steps"])
     log.info("pass_rate: %d shards done, %d of them already finished before this run", len(steps), skipped)
     rollouts = pl.concat([pl.read_parquet(s["output"]) for s in steps])

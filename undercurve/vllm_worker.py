@@ -1,10 +1,12 @@
-"""``python -m undercurve.vllm_worker job.json``: one vLLM engine, several steps.
+"""``python -m undercurve.vllm_worker job.json``: one model engine, several steps.
 
 Runs in the vLLM environment (started by ``undercurve.vllm_runtime.run_vllm_job``); imports
-only what both environments have. Job format (JSON)::
+only what both environments have. With ``engine.backend = "hf"`` the sampling steps run on
+transformers instead (``undercurve.hf_sampling``; no vllm import, so either environment can
+run it). Job format (JSON)::
 
     {"model": "/path/to/model",
-     "engine": {"seed": 0, "dtype": "auto", "enable_prefix_caching": true, "max_logprobs": null,
+     "engine": {"backend": "vllm", "batch_sequences": 64, "seed": 0, "dtype": "auto", "enable_prefix_caching": true, "max_logprobs": null,
                 "max_model_len": null, "block_size": null, "enforce_eager": true, "extra": {}},
      "steps": [
        {"kind": "rollouts", "input": "samples.parquet", "output": "rollouts.parquet",
@@ -53,6 +55,10 @@ ROLLOUT_SCHEMA = {
 PASS_RATE_SCHEMA = {"id": pl.Utf8, "n": pl.Int64, "n_correct": pl.Int64, "pass_rate": pl.Float64}
 
 
+def _as_list(x) -> list:
+    return [] if x is None else list(x) if isinstance(x, (list, tuple)) else [x]
+
+
 def log(msg: str) -> None:
     print(f"[vllm-worker {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -62,7 +68,11 @@ class Worker:
         self.job = job
         self.model = str(job["model"])
         self.engine_opts = {"seed": 0, "dtype": "auto", "enable_prefix_caching": True, **job.get("engine", {})}
+        # "hf": transformers sampling (undercurve.hf_sampling), for CPUs where vLLM is slow;
+        # it runs generate/rollouts steps only (scoring has its own torch engine)
+        self.backend = self.engine_opts.get("backend", "vllm")
         self._llm = None
+        self._hf_model = None
         self._tokenizer = None
 
     # ---------------------------------------------------------------- engine
@@ -99,6 +109,20 @@ class Worker:
         return self._llm
 
     @property
+    def hf_model(self):
+        if self._hf_model is None:
+            import torch
+            from transformers import AutoModelForCausalLM
+
+            dtype = self.engine_opts["dtype"]
+            t0 = time.time()
+            self._hf_model = AutoModelForCausalLM.from_pretrained(
+                self.model, dtype=torch.float32 if dtype == "auto" else getattr(torch, dtype),
+                trust_remote_code=bool((self.engine_opts.get("extra") or {}).get("trust_remote_code"))).eval()
+            log(f"transformers model {self.model} ready in {time.time() - t0:.1f}s")
+        return self._hf_model
+
+    @property
     def tokenizer(self):
         # the HF tokenizer itself (not vLLM's wrapper): identical ids to the torch engine's
         if self._tokenizer is None:
@@ -113,10 +137,13 @@ class Worker:
         for i, step in enumerate(self.job["steps"]):
             kind = step["kind"]
             name = step.get("name", f"{i}-{kind}")
+            if kind == "score" and self.backend != "vllm":
+                raise ValueError(f"step {name}: score steps need the vllm backend (the torch engine scores in-process)")
             settings = self._settings(step)
             outputs = self._outputs(step)
             fp = fingerprint({"kind": kind, "settings": settings, "model": self.model,
-                              "engine": {k: self.engine_opts.get(k) for k in ("seed", "dtype")},
+                              "engine": {k: self.engine_opts.get(k) for k in ("seed", "dtype")}
+                              | ({"backend": self.backend} if self.backend != "vllm" else {}),
                               "input": file_sha256(step["input"])})
             marker = Path(outputs["output"] + ".fp")
             t0 = time.time()
@@ -172,35 +199,53 @@ class Worker:
 
     def _step_generate(self, step, s, outputs, name) -> dict:
         """n samples per prompt (chat template applied), answers extracted and checked."""
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
-
         from undercurve.scoring.trajectory import prompt_token_ids
 
         df = pl.read_parquet(step["input"])
         has_answer = "answer" in df.columns
-        rows = []
+        records = df.to_dicts()
+        prompts = [prompt_token_ids(self.tokenizer, r["prompt"]) for r in records]
+        # per-sample seed from the id: results do not depend on order or batching
+        seeds = [(s["seed"] + zlib.crc32(str(r["id"]).encode())) % (2**31) for r in records]
         bs = step.get("batch_size", SAMPLING_DEFAULTS["batch_size"])
-        for start in range(0, df.height, bs):
-            batch = df.slice(start, bs).to_dicts()
-            prompts = [TokensPrompt(prompt_token_ids=prompt_token_ids(self.tokenizer, r["prompt"])) for r in batch]
-            # per-sample seed from the id: results do not depend on order or batching
-            params = [
-                SamplingParams(n=s["n"], temperature=s["temperature"], top_p=s["top_p"], max_tokens=s["max_tokens"],
-                               seed=(s["seed"] + zlib.crc32(str(r["id"]).encode())) % (2**31))
-                for r in batch
-            ]
-            for r, out in zip(batch, self.llm.generate(prompts, params, use_tqdm=False)):
-                for k, c in enumerate(out.outputs):
-                    ext = extract_answer(c.text, tuple(s["box_openers"]))
-                    rows.append({
-                        "id": str(r["id"]), "rollout": k, "text": c.text, "extracted": ext,
-                        "correct": is_equivalent(ext, r["answer"]) if has_answer else None,
-                        "finish_reason": c.finish_reason, "n_tokens": len(c.token_ids),
-                    })
-            log(f"step {name}: {min(start + bs, df.height)}/{df.height} prompts x {s['n']}")
+        sample = self._sample_hf if self.backend == "hf" else self._sample_vllm
+        rows = []
+        for r, outs in zip(records, sample(prompts, seeds, s, bs, name)):
+            for k, (text, finish, n_tokens) in enumerate(outs):
+                ext = extract_answer(text, tuple(s["box_openers"]))
+                rows.append({
+                    "id": str(r["id"]), "rollout": k, "text": text, "extracted": ext,
+                    "correct": is_equivalent(ext, r["answer"]) if has_answer else None,
+                    "finish_reason": finish, "n_tokens": n_tokens,
+                })
         write_parquet_atomic(pl.DataFrame(rows, schema=ROLLOUT_SCHEMA), outputs["output"])
         return {"rows": len(rows)}
+
+    def _sample_vllm(self, prompts, seeds, s, bs, name):
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        for start in range(0, len(prompts), bs):
+            params = [SamplingParams(n=s["n"], temperature=s["temperature"], top_p=s["top_p"],
+                                     max_tokens=s["max_tokens"], seed=seed) for seed in seeds[start : start + bs]]
+            batch = [TokensPrompt(prompt_token_ids=p) for p in prompts[start : start + bs]]
+            for out in self.llm.generate(batch, params, use_tqdm=False):
+                yield [(c.text, c.finish_reason, len(c.token_ids)) for c in out.outputs]
+            log(f"step {name}: {min(start + bs, len(prompts))}/{len(prompts)} prompts x {s['n']}")
+
+    def _sample_hf(self, prompts, seeds, s, _bs, name):
+        from undercurve.hf_sampling import sample
+
+        tok = self.tokenizer
+        stop = {t for t in (tok.eos_token_id, *_as_list(getattr(self.hf_model.generation_config, "eos_token_id", None)))
+                if t is not None}
+        pad = tok.pad_token_id if tok.pad_token_id is not None else min(stop)
+        done = lambda i, total: log(f"step {name}: {i}/{total} sequences ({len(prompts)} prompts x {s['n']})")  # noqa: E731
+        # sequences per forward pass: ~64 is where a 135M model's CPU throughput levels off
+        per_prompt = sample(self.hf_model, prompts, seeds, s["n"], s["temperature"], s["top_p"], s["max_tokens"],
+                            stop, pad, batch_size=self.engine_opts.get("batch_sequences", 64), on_batch=done)
+        for outs in per_prompt:
+            yield [(tok.decode(o.token_ids, skip_special_tokens=True), o.finish_reason, len(o.token_ids)) for o in outs]
 
     def _step_score(self, step, s, outputs, name) -> dict:
         from undercurve.scoring.vllm_engine import VllmScorer
