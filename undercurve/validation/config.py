@@ -23,13 +23,13 @@ class BenchmarkSettings(_Strict):
 
 
 class GenerationSettings(_Strict):
-    engine: Literal["vllm", "hf"] = "vllm"  # hf: transformers.generate in-process (no .venv-vllm)
+    engine: Literal["auto", "vllm", "hf"] = "auto"  # auto: vLLM on a GPU, transformers (faster there) on a CPU
     n: int = 8  # samples per question (paper: 64)
     temperature: float = 1.0
     top_p: float = 1.0
     max_tokens: int = 256
     seed: int = 0
-    batch_size: int = 8  # prompts per vLLM generate call (x n sequences): keeps the CPU KV cache from thrashing
+    batch_size: int = 8  # vLLM: prompts per generate call (x n sequences): keeps the CPU KV cache from thrashing
     last_number_fallback: bool = True  # free answer: no \boxed{} and no '####' -> the last number
 
 

@@ -54,16 +54,13 @@ def prepare_stage(ctx: RunContext) -> dict:
 # ---------------------------------------------------------------------------- generate
 def generate_stage(ctx: RunContext, questions: str, model: str) -> dict:
     """N samples per question; answers extracted, normalised and checked -> samples.parquet."""
-    from undercurve.validation.generate import generate_hf, generate_vllm
+    from undercurve.validation.generate import generate
 
     s = ctx.settings
     g = s.generation.model_dump()
     q = pl.read_parquet(questions)
     d = ctx.stage_dir("generate")
-    if s.generation.engine == "vllm":
-        raw = generate_vllm(q, model, g, d, s.model.trust_remote_code)
-    else:
-        raw = generate_hf(q, model, g)
+    raw = generate(q, model, g, d, s.model.trust_remote_code)
     samples = annotate_samples(raw, q, s.generation.last_number_fallback)
     path = write_parquet_atomic(samples, d / "samples.parquet")
     aid = _record(ctx, "generate", "samples", path, samples.height,
