@@ -157,6 +157,54 @@ def test_probe_and_plain_match_reference(models, tokenizer, which, k):
         assert np.ptp(ref_suffix[:, -1]) > 0.5
 
 
+@torch.no_grad()
+def reference_signals(model, traj, k, option_ids):
+    """Slow and obvious, float64: the distributions x_1..x_R were drawn from (one plain pass),
+    and the option probabilities after "\\boxed{" in every probe context (one pass per t)."""
+    ids = traj.prompt_ids + traj.response_ids
+    logp = torch.log_softmax(model(torch.tensor([ids])).logits[0, traj.P - 1 : -1].double(), -1)  # [R, V]
+    p = logp.exp()
+    V = p.shape[-1]
+    H = -(p * logp).sum(-1) / math.log(2)
+    kl = (torch.log(torch.tensor(1.0 / V, dtype=torch.float64)) - logp).mean(-1)  # sum_v (1/V) log((1/V) / p_v)
+    pk = p.sort(-1, descending=True).values[:, :k]
+    lost = H + (pk * pk.log2()).sum(-1)
+    options = []
+    for t in range(1, traj.T):
+        logits = model(torch.tensor([traj.prompt_ids + traj.response_ids[:t] + traj.suffix_ids])).logits[0, -1]
+        options.append(torch.softmax(logits.double(), -1)[option_ids].numpy())
+    return {"mean_entropy": float(H.mean()), "self_certainty": float(kl.mean()), "topk_mass": pk.sum(-1).numpy(),
+            "topk_lost": lost.numpy(), "option_probs": np.array(options)}
+
+
+@pytest.mark.parametrize("which", ["tiny", "gqa"])
+def test_signals_and_option_probabilities_match_reference(models, tokenizer, which):
+    """The validation outputs of the engine (same passes as curation) against the reference.
+
+    Tolerances: mean entropy and top-K mass are fp32 sums like an entropy, ATOL; self-certainty
+    is a mean of V fp32 log-probs (nats, magnitude < 20), the same kind of sum, ATOL; the entropy
+    lost is a difference of two fp32 entropies, 2 * ATOL; a probability is one fp32 exp of a
+    log-prob accurate to ATOL, and p <= 1, so ATOL."""
+    model, ref_model = models[which]
+    trajs = _trajs(tokenizer, 0)
+    k, options = 5, [3, 17, 42, 99]
+    scorer = TorchScorer(model, device="cpu", chunk_positions=4, probe_chunk=3, batch_tokens=150)
+    plain = scorer.score(trajs, mode="plain", signals=True, top_k=k)
+    probe = scorer.score(trajs, mode="probe", option_ids=options)
+    for traj, row, prow in zip(trajs, plain, probe):
+        ref = reference_signals(ref_model, traj, k, options)
+        assert row["mean_entropy"] == pytest.approx(ref["mean_entropy"], abs=ATOL)
+        assert row["self_certainty"] == pytest.approx(ref["self_certainty"], abs=ATOL)
+        np.testing.assert_allclose(row["topk_mass"], ref["topk_mass"], atol=ATOL, rtol=0)
+        np.testing.assert_allclose(row["topk_lost"], ref["topk_lost"], atol=2 * ATOL, rtol=0)
+        assert np.asarray(prow["option_probs"]).shape == (traj.T - 1, len(options))
+        np.testing.assert_allclose(prow["option_probs"], ref["option_probs"], atol=ATOL, rtol=0)
+        # the compared quantities really vary along the response (so an off-by-one shows)
+        assert np.ptp(ref["topk_mass"]) > 0.05 and np.ptp(ref["option_probs"]) > 1e-3
+    # curation's rows carry none of this
+    assert not {"mean_entropy", "topk_mass", "option_probs"} & set(scorer.score(trajs[:1], mode="probe")[0])
+
+
 def test_batching_and_chunking_do_not_change_results(models, tokenizer):
     model, _ = models["gqa"]
     trajs = _trajs(tokenizer, 1)
@@ -235,17 +283,27 @@ def test_score_frame(tiny_model):
 
 
 def test_entropy_kernel_against_float64_and_with_masked_vocab():
-    from undercurve.scoring.torch_engine import entropy_and_logprob
+    from undercurve.scoring.torch_engine import next_token_stats
 
     torch.manual_seed(0)
     logits = torch.randn(5, 300) * 4 + 30  # large offset: the max shift must keep it exact
     logits[1, :200] = -float("inf")  # masked vocabulary entries: contribute 0, not NaN
     want = _entropy_bits(logits.clone())
-    lse = torch.logsumexp(logits.double(), -1)
+    logp = torch.log_softmax(logits.double(), -1)
     targets = torch.tensor([0, 250, 2, 3, 299])
-    H, lp = entropy_and_logprob(logits.clone(), targets, torch.empty(5, 300))
+    got = next_token_stats(logits.clone(), targets, torch.empty(5, 300), top_k=3, certainty=True)
     # fp32 against float64: 1e-4 bits per entropy (SPEC section 4); a log-prob is one fp32
     # subtraction of values < 50 after the max shift: a few ulps, also well inside 1e-4
-    np.testing.assert_allclose(H.numpy(), want, atol=ATOL, rtol=0)
-    np.testing.assert_allclose(lp.numpy(), (logits.double()[range(5), targets] - lse).numpy(), atol=ATOL, rtol=0)
-    assert H[1] < math.log2(100) + ATOL  # only 100 entries are live in row 1
+    np.testing.assert_allclose(got["H"].numpy(), want, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(got["logprob"].numpy(), logp[range(5), targets].numpy(), atol=ATOL, rtol=0)
+    assert got["H"][1] < math.log2(100) + ATOL  # only 100 entries are live in row 1
+    top = logp.topk(3, -1).values
+    np.testing.assert_allclose(got["topk_mass"].numpy(), top.exp().sum(-1).numpy(), atol=ATOL, rtol=0)
+    np.testing.assert_allclose(got["topk_H"].numpy(), -(top.exp() * top).sum(-1).numpy() / math.log(2), atol=ATOL, rtol=0)
+    # each log-prob floored at -1e4 nats, so a masked entry counts -1e4, not -inf;
+    # a mean of values down to -1e4: two fp32 ulps of 1e4, ~1e-3 nats
+    floored = logp.clamp(min=-1e4).mean(-1).numpy()
+    np.testing.assert_allclose(got["mean_logp"].numpy(), floored, atol=1e4 * 2**-23, rtol=0)
+    # several targets per row ([rows, k]): the options of paper Fig. 3
+    many = next_token_stats(logits.clone(), torch.tensor([[0, 1]] * 5))["logprob"]
+    np.testing.assert_allclose(many.numpy(), logp[:, :2].numpy(), atol=ATOL, rtol=0)

@@ -169,6 +169,53 @@ def test_pick_responses_appends_a_boxed_answer():
     assert [x["id"] for x in aside] == ["c"]
 
 
+def test_candidate_signals_for_unanswered_and_empty_samples(tiny_model):
+    """Every sample gets signals: its trajectory ends at its boxed answer, else at its last token."""
+    from transformers import AutoTokenizer
+
+    from undercurve.scoring.torch_engine import TorchScorer
+    from undercurve.validation.stages import candidate_trajectory
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    boxed = candidate_trajectory(tok, "a", "2 + 5?", "2 + 5 = 7, so \\boxed{7}. Done.")
+    unanswered = candidate_trajectory(tok, "b", "2 + 5?", "I am not sure about this one")
+    empty = candidate_trajectory(tok, "c", "2 + 5?", "")
+    assert 2 <= boxed.T < boxed.length  # ends at the answer, not at " Done."
+    assert unanswered.T == unanswered.length > 0 and empty.T == empty.length == 0
+    rows = TorchScorer(tiny_model, device="cpu").score([boxed, unanswered, empty], mode="plain", signals=True, top_k=5)
+    assert [len(r["plain_entropy"]) for r in rows] == [boxed.T, unanswered.T, 0]  # EDIS: H_1..H_T
+    assert [len(r["topk_mass"]) for r in rows] == [boxed.length, unanswered.length, 0]  # every drawn token
+    assert math.isnan(rows[2]["mean_entropy"]) and math.isnan(rows[2]["self_certainty"]) and rows[2]["edis"] == 0.0
+
+
+def test_option_curves_decay_over_every_position(tiny_model):
+    """P~_t sums over every k <= t (SPEC section 1); only the stored rows are thinned."""
+    from transformers import AutoTokenizer
+
+    from undercurve.eas import decayed_option_probability
+    from undercurve.validation.stages import option_curves
+
+    P = np.random.default_rng(0).dirichlet(np.ones(4), size=200)
+
+    class Engine:  # the torch engine's probe rows, with known option probabilities
+        def score(self, trajs, mode, option_ids):
+            assert mode == "probe" and len(option_ids) == 4
+            return [{"id": t.id, "T": t.T, "option_probs": P[: t.T - 1].tolist()} for t in trajs]
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    responses = pl.DataFrame({"id": ["q"], "prompt": ["Pick one."],
+                              "response": ["Tom has 3 apples and buys 4 more, 3 + 4 = 7, so \\boxed{B}"]})
+    cur = option_curves(Engine(), tok, responses, {"q": "B"}, max_positions=5, alpha=0.5)
+    T = cur["T"][0]
+    a = cur.filter(pl.col("option") == "A").sort("t")
+    t = a["t"].to_numpy()
+    assert T - 1 > 5 and a.height == 5 and (t[0], t[-1]) == (1, T - 1)
+    # float64 arithmetic on the same numbers: rounding only
+    np.testing.assert_allclose(a["p"].to_numpy(), P[t - 1, 0], rtol=1e-12)
+    np.testing.assert_allclose(a["decayed"].to_numpy(), decayed_option_probability(P[: T - 1], 0.5)[t - 1, 0], rtol=1e-12)
+    assert cur.filter(pl.col("gold"))["option"].unique().to_list() == ["B"]
+
+
 def test_figures_are_written(tmp_path):
     from undercurve.validation import plots
 

@@ -128,3 +128,25 @@ def entropy_bits(probs) -> float:
     p = np.asarray(probs, dtype=np.float64)
     p = p[p > 0]
     return float(-(p * np.log2(p)).sum()) if p.size else 0.0
+
+
+def candidate_signals(H_drawn, mean_logp, vocab_size: int, topk_mass=None, topk_H=None) -> dict:
+    """Best-of-N signals of one sampled response x_1..x_R from the distributions p_1..p_R its
+    tokens were drawn from (p_k = P(. | prompt, x_<k); validation's best-of-N and top-K table):
+
+    - mean_entropy: sequence entropy, mean_k H(p_k), bits (lower = more confident);
+    - self_certainty (Kang et al. 2025): mean_k KL(U || p_k), nats, where
+      KL(U || p) = -log V - (1/V) sum_v log p(v); ``mean_logp`` holds (1/V) sum_v log p_k(v)
+      (higher = more confident);
+    - with the top-K truncation (``topk_mass``, ``topk_H`` = -sum_{top-K} p log2 p): per
+      position the top-K mass and the entropy the truncation actually loses, H - topk_H
+      (bits; at most ``topk_truncation_bound``). NaN means when R = 0.
+    """
+    H = np.asarray(H_drawn, dtype=np.float64)
+    kl = -math.log(vocab_size) - np.asarray(mean_logp, dtype=np.float64)
+    out = {"mean_entropy": float(H.mean()) if H.size else math.nan,
+           "self_certainty": float(kl.mean()) if kl.size else math.nan}
+    if topk_mass is not None:
+        out["topk_mass"] = np.asarray(topk_mass, dtype=np.float64).tolist()
+        out["topk_lost"] = (H - np.asarray(topk_H, dtype=np.float64)).tolist()
+    return out

@@ -10,7 +10,9 @@ One batch of samples costs:
    t. This is exactly T-1 separate contexts C_t, for about m extra tokens per position.
 
 The LM head runs on chunks of positions and log_softmax is taken in fp32 per chunk, so the
-[T x V] fp32 logits never exist at once.
+[T x V] fp32 logits never exist at once. Validation asks the same passes for more (``score``'s
+options): statistics of the distributions the response tokens were drawn from, and option
+probabilities in every probe context; it has no engine of its own.
 """
 
 from __future__ import annotations
@@ -44,12 +46,19 @@ def pick_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
             "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}[dtype]
 
 
-def entropy_and_logprob(logits: torch.Tensor, targets: torch.Tensor | None = None, work: torch.Tensor | None = None):
-    """Entropy in bits (and log-prob of ``targets`` in nats) of every row, in fp32.
+def next_token_stats(logits: torch.Tensor, targets: torch.Tensor | None = None, work: torch.Tensor | None = None,
+                     top_k: int = 0, certainty: bool = False) -> dict[str, torch.Tensor]:
+    """Statistics of every row's next-token distribution p, in fp32, from one chunk of logits.
+
+    - "H": entropy in bits;
+    - with ``targets`` ([rows] or [rows, k] token ids): "logprob", log p(target) in nats;
+    - with ``top_k``: "topk_mass" = sum of the top-K p, "topk_H" = -sum_{top-K} p log2 p (bits);
+    - with ``certainty``: "mean_logp" = (1/V) sum_v log p(v), nats, each term floored at -1e4
+      (a masked, -inf logit would make it -inf).
 
     ``logits`` is overwritten when it is already fp32 (it is shifted by its row max in place);
-    ``work`` is an optional [rows, V] fp32 buffer. Six passes over [rows, V], two buffers: on
-    CPU every fresh [rows, V] tensor costs page faults, so nothing else is allocated.
+    ``work`` is an optional [rows, V] fp32 buffer. Six passes over [rows, V] for H, two buffers:
+    on CPU every fresh [rows, V] tensor costs page faults, so nothing else that size is allocated.
     H = log s - sum_v e_v (z_v - max) / s with e = exp(z - max), s = sum e: all terms have
     one sign, so nothing cancels.
     """
@@ -63,8 +72,20 @@ def entropy_and_logprob(logits: torch.Tensor, targets: torch.Tensor | None = Non
         logp = z - log_s[:, None]
         p = logp.exp()
         H = -torch.where(p > 0, p * logp, torch.zeros((), device=p.device)).sum(-1) / _LN2
-    lp = None if targets is None else z.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - log_s
-    return H, lp
+    out = {"H": H}
+    if targets is not None:
+        idx = targets if targets.ndim == 2 else targets.unsqueeze(-1)
+        lp = z.gather(-1, idx) - log_s[:, None]
+        out["logprob"] = lp if targets.ndim == 2 else lp.squeeze(-1)
+    if top_k > 0:
+        lpk = z.topk(min(top_k, z.shape[-1]), dim=-1).values - log_s[:, None]  # [rows, K] only
+        pk = lpk.exp()
+        out["topk_mass"] = pk.sum(-1)
+        out["topk_H"] = -torch.where(pk > 0, pk * lpk, torch.zeros((), device=pk.device)).sum(-1) / _LN2
+    if certainty:  # last: the floor is applied to z in place
+        floor = (log_s - 1e4)[:, None]
+        out["mean_logp"] = z.clamp_(min=floor).mean(-1) - log_s
+    return out
 
 
 class TorchScorer:
@@ -95,6 +116,7 @@ class TorchScorer:
             raise NotImplementedError(f"only full-attention models are supported, got {set(layer_types)}")
         self.base = self.model.get_decoder()
         self.lm_head = self.model.get_output_embeddings()
+        self.vocab_size = int(self.lm_head.weight.shape[0])  # V of every next-token distribution
         self.chunk_positions = chunk_positions
         self.probe_chunk = probe_chunk
         self.batch_tokens = batch_tokens
@@ -103,14 +125,27 @@ class TorchScorer:
 
     # ---------------------------------------------------------------- public
     @torch.inference_mode()
-    def score(self, trajectories: list[Trajectory], mode: str = "probe") -> list[dict]:
-        """One row per trajectory, in input order (see ``_row`` for the columns)."""
+    def score(self, trajectories: list[Trajectory], mode: str = "probe", *, signals: bool = False,
+              top_k: int = 0, option_ids: list[int] | None = None) -> list[dict]:
+        """One row per trajectory, in input order (see ``_row`` for the columns).
+
+        Options, computed in the same passes (validation uses them):
+        - ``signals``: the best-of-N signals of each response from the distributions its tokens
+          were drawn from (``eas.candidate_signals``); with ``top_k`` > 0 also the top-K mass
+          and the entropy a top-K truncation loses, per position;
+        - ``option_ids`` (probe mode): the probability of each of these tokens after the whole
+          suffix of every probe context C_t, t = 1..T-1 (paper Fig. 3).
+        Plain mode accepts any T >= 0; probe mode needs T >= 2.
+        """
         if mode not in ("probe", "plain"):
             raise ValueError(f"mode must be 'probe' or 'plain', not {mode!r}")
+        if option_ids and mode != "probe":
+            raise ValueError("option_ids need probe mode")
         rows: list[dict | None] = [None] * len(trajectories)
         for batch in self._batches(trajectories):
-            for i, raw in zip(batch, self._score_batch([trajectories[i] for i in batch], mode)):
-                rows[i] = self._row(trajectories[i], mode, **raw)
+            raws = self._score_batch([trajectories[i] for i in batch], mode, signals, top_k, option_ids)
+            for i, raw in zip(batch, raws):
+                rows[i] = self._row(trajectories[i], mode, raw)
         return rows  # type: ignore[return-value]
 
     def _batches(self, trajs: list[Trajectory]) -> list[list[int]]:
@@ -130,7 +165,8 @@ class TorchScorer:
         return batches
 
     # ---------------------------------------------------------------- passes
-    def _score_batch(self, trajs: list[Trajectory], mode: str) -> list[dict]:
+    def _score_batch(self, trajs: list[Trajectory], mode: str, signals: bool, top_k: int,
+                     option_ids: list[int] | None) -> list[dict]:
         dev = self.device
         seqs = [t.prompt_ids + t.response_ids for t in trajs]
         L = max(len(s) for s in seqs)
@@ -140,40 +176,42 @@ class TorchScorer:
         ids = ids.to(dev)
         # Right padding + pure causal attention: real positions never see the pads.
         out = self.base(input_ids=ids, use_cache=(mode == "probe"))
-        results = [self._plain(out.last_hidden_state[b], ids[b], t) for b, t in enumerate(trajs)]
+        results = [self._plain(out.last_hidden_state[b], ids[b], t, signals, top_k) for b, t in enumerate(trajs)]
         if mode == "probe":
             kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
             del out  # the hidden states are done with; the KV cache lives on in kv
-            for res, suffix_H in zip(results, self._probe(trajs, kv)):
-                res["suffix_H"] = suffix_H
+            for res, probe in zip(results, self._probe(trajs, kv, option_ids)):
+                res.update(probe)
         return results
 
-    def _plain(self, hidden: torch.Tensor, ids: torch.Tensor, t: Trajectory) -> dict:
-        """Plain entropies H_1..H_T and the response log-probs from one sample's hidden states."""
+    def _plain(self, hidden: torch.Tensor, ids: torch.Tensor, t: Trajectory, signals: bool, top_k: int) -> dict:
+        """Plain entropies H_1..H_T and the response log-probs from one sample's hidden states;
+        with ``signals``, the statistics of the distributions x_1..x_R were drawn from."""
         # rows P-1 .. P+R-1: row P+k-1 predicts x_{k+1} (log-prob) and gives H_k (k = 0..R)
-        rows = hidden[t.P - 1 : t.P + t.length]
-        targets = torch.cat([ids[t.P : t.P + t.length], ids.new_zeros(1)])  # last row: no target
-        H, lp = self._head(rows, targets)
-        return {"plain_H": H[1 : t.T + 1], "logprobs": lp[: t.length]}
+        R = t.length
+        rows = hidden[t.P - 1 : t.P + R]
+        targets = torch.cat([ids[t.P : t.P + R], ids.new_zeros(1)])  # last row: no target
+        head = self._head(rows, targets, top_k=top_k if signals else 0, certainty=signals)
+        res = {"plain_H": head["H"][1 : t.T + 1], "logprobs": head["logprob"][:R]}
+        if signals:  # rows 0..R-1: the distributions x_1..x_R were drawn from
+            res["drawn"] = {k: v[:R] for k, v in head.items() if k != "logprob"}
+        return res
 
-    def _head(self, rows: torch.Tensor, targets: torch.Tensor | None = None):
-        """Entropy (bits) of every row's next-token distribution, LM head in position chunks."""
+    def _head(self, rows: torch.Tensor, targets: torch.Tensor | None = None, **stats) -> dict[str, np.ndarray]:
+        """``next_token_stats`` of every row as float64 arrays, the LM head run in position chunks."""
         W, bias = self.lm_head.weight, getattr(self.lm_head, "bias", None)
         # fp32 Linear head: write the logits straight into a reused buffer (no page faults)
         direct = isinstance(self.lm_head, torch.nn.Linear) and bias is None and rows.dtype == torch.float32
         c = self.chunk_positions
-        Hs, lps = [], []
+        parts: dict[str, list[torch.Tensor]] = {}
         for s in range(0, rows.shape[0], c):
             h = rows[s : s + c]
             buf, work = self._buffers(h.shape[0], W.shape[0])
             logits = torch.mm(h, W.t(), out=buf) if direct else self.lm_head(h)
             tgt = None if targets is None else targets[s : s + c]
-            H, lp = entropy_and_logprob(logits, tgt, work)
-            Hs.append(H.double().cpu())
-            if lp is not None:
-                lps.append(lp.double().cpu())
-        H = torch.cat(Hs).numpy() if Hs else np.zeros(0)
-        return H, (torch.cat(lps).numpy() if lps else None)
+            for name, v in next_token_stats(logits, tgt, work, **stats).items():
+                parts.setdefault(name, []).append(v.double().cpu())
+        return {name: torch.cat(v).numpy() for name, v in parts.items()}
 
     def _buffers(self, n: int, V: int):
         """Two [n, V] fp32 views on buffers of chunk_positions rows, kept between calls."""
@@ -183,8 +221,9 @@ class TorchScorer:
             self._work = torch.empty(shape, dtype=torch.float32, device=self.device)
         return self._buf[:n], self._work[:n]
 
-    def _probe(self, trajs: list[Trajectory], kv) -> list[np.ndarray]:
-        """Entropy [T-1, m] at every suffix position of every probe context C_t."""
+    def _probe(self, trajs: list[Trajectory], kv, option_ids: list[int] | None = None) -> list[dict]:
+        """Per sample "suffix_H": entropy [T-1, m] at every suffix position of every probe context
+        C_t; with ``option_ids`` "option_probs": [T-1, options] after the last suffix token."""
         from transformers import DynamicCache
 
         dev, B = self.device, len(trajs)
@@ -205,6 +244,9 @@ class TorchScorer:
         own = (blk[:, None] == blk[None, :]) & (torch.arange(q, device=dev)[None, :] <= torch.arange(q, device=dev)[:, None])
         neg = torch.finfo(self.dtype).min
         out = [np.zeros((n, mb)) for n, mb in zip(n_pos, ms)]
+        n_opt = len(option_ids or [])
+        opt = torch.tensor(option_ids or [], dtype=torch.long, device=dev)
+        probs = [np.zeros((n, n_opt)) for n in n_pos]
         for c in range(n_chunks):
             # t of every block in this chunk; blocks past a sample's last t repeat t=1 (discarded)
             t_blk = torch.tensor(
@@ -233,16 +275,29 @@ class TorchScorer:
                 nb = int(valid[b].sum())
                 if nb:
                     rows = h[b, : nb * m].reshape(nb, m, -1)[:, : ms[b]].reshape(nb * ms[b], -1)
-                    out[b][c * per[b] : c * per[b] + nb] = self._head(rows)[0].reshape(nb, ms[b])
-        return out
+                    head = self._head(rows, opt.expand(rows.shape[0], n_opt) if n_opt else None)
+                    out[b][c * per[b] : c * per[b] + nb] = head["H"].reshape(nb, ms[b])
+                    if n_opt:
+                        lp = head["logprob"].reshape(nb, ms[b], n_opt)[:, -1]
+                        probs[b][c * per[b] : c * per[b] + nb] = np.exp(lp)
+        return [{"suffix_H": o, **({"option_probs": p} if n_opt else {})} for o, p in zip(out, probs)]
 
     # ---------------------------------------------------------------- rows
-    def _row(self, t: Trajectory, mode: str, plain_H, logprobs, suffix_H=None) -> dict:
+    def _row(self, t: Trajectory, mode: str, raw: dict) -> dict:
+        """The score columns (``scoring.score.SCORE_SCHEMA``), plus what the options asked for:
+        ``eas.candidate_signals``' columns, ``option_probs`` [T-1][options]."""
+        plain_H, suffix_H = raw["plain_H"], raw.get("suffix_H")
         H = suffix_H[:, -1] if mode == "probe" else plain_H[: t.T - 1]
-        return {
+        row = {
             "id": t.id, "engine": "torch", "mode": mode, "T": t.T, "length": t.length,
-            **eas.scores(H, plain_H, logprobs, self.edis, exact=True),
+            **eas.scores(H, plain_H, raw["logprobs"], self.edis, exact=True),
             "topk_mass_mean": None, "topk_mass_min": None, "topk_bound": None,
             "entropy": H.tolist(), "plain_entropy": plain_H.tolist(),
             "suffix_entropy": suffix_H.tolist() if suffix_H is not None else None,
         }
+        if "drawn" in raw:
+            d = raw["drawn"]
+            row.update(eas.candidate_signals(d["H"], d["mean_logp"], self.vocab_size, d.get("topk_mass"), d.get("topk_H")))
+        if "option_probs" in raw:
+            row["option_probs"] = raw["option_probs"].tolist()
+        return row

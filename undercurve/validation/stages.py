@@ -22,6 +22,7 @@ from undercurve.answers import last_boxed_span
 from undercurve.io import write_parquet_atomic, write_text_atomic
 from undercurve.eas import decayed_option_probability, topk_truncation_bound
 from undercurve.run import RunContext
+from undercurve.scoring.trajectory import BOX_OPENER, Trajectory, build_trajectory, prompt_token_ids
 from undercurve.validation import answer_entropy as ae
 from undercurve.validation.best_of_n import compare_strategies
 from undercurve.validation.correlation import correlation_table
@@ -147,46 +148,93 @@ def score_stage(ctx: RunContext, questions: str, samples: str, model: str, paren
 def signals_stage(ctx: RunContext, questions: str, samples: str, scores: str, model: str,
                   parent: str | None = None) -> dict:
     """Per-sample EDIS / mean entropy / self-certainty / top-K mass, and the option
-    probabilities of the multiple-choice questions (paper Fig. 3)."""
-    from undercurve.validation.signals import SignalScorer
+    probabilities of the multiple-choice questions (paper Fig. 3). The curation torch engine
+    computes both: one plain pass over every sample, one probe pass over the MC responses."""
+    from transformers import AutoTokenizer
+
+    from undercurve.scoring.torch_engine import TorchScorer
 
     s = ctx.settings
     sc = s.scoring
     smp = pl.read_parquet(samples)
     q = pl.read_parquet(questions)
     prompts = dict(zip(q["id"], q["prompt"]))
-    scorer = SignalScorer(model, device=sc.device, dtype=sc.dtype, top_k=sc.top_k,
-                          edis=sc.edis.params())
-    rows = scorer.signals([{"prompt": prompts[r["id"]], "response": r["text"]} for r in smp.iter_rows(named=True)])
-    cols = ["n_tokens", "T", "mean_entropy", "self_certainty", "edis", "edis_burst", "edis_rebound", "edis_var"]
-    sig = pl.DataFrame([{k: r[k] for k in cols} for r in rows]).rename({"n_tokens": "scored_tokens"})
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    scorer = TorchScorer(model, device=sc.device, dtype=sc.dtype, batch_tokens=sc.batch_tokens, edis=sc.edis.params())
+    top_k = max(sc.top_k, 0)  # -1 (full vocabulary) truncates nothing: no top-K columns
+    trajs = [candidate_trajectory(tokenizer, r["id"], prompts[r["id"]], r["text"]) for r in smp.iter_rows(named=True)]
+    rows = scorer.score(trajs, mode="plain", signals=True, top_k=top_k)
+    cols = ["length", "T", "mean_entropy", "self_certainty", "edis", "edis_burst", "edis_rebound", "edis_var"]
+    sig = pl.DataFrame([{k: r[k] for k in cols} for r in rows]).rename({"length": "scored_tokens"})
     extra = [pl.Series("plain_entropy", [r["plain_entropy"] for r in rows], pl.List(pl.Float64))]
-    if sc.top_k > 0:
+    if top_k:
         extra += [pl.Series("topk_mass", [r["topk_mass"] for r in rows], pl.List(pl.Float64)),
                   pl.Series("topk_lost", [r["topk_lost"] for r in rows], pl.List(pl.Float64))]
     cands = pl.concat([smp.select("id", "rollout", "answer", "correct", "n_tokens"), sig], how="horizontal").with_columns(extra)
     d = ctx.stage_dir("signals")
     path = write_parquet_atomic(cands, d / "candidates.parquet")
-    vocab = int(scorer.head.weight.shape[0])
-    aid = _record(ctx, "signals", "candidates", path, cands.height, [parent] if parent else (), meta={"vocab_size": vocab})
+    aid = _record(ctx, "signals", "candidates", path, cands.height, [parent] if parent else (),
+                  meta={"vocab_size": scorer.vocab_size})
 
-    # Fig. 3: probe option probabilities along the scored response of a few MC questions
-    curves = []
     sc_df = pl.read_parquet(scores)
-    if sc_df.height and "kind" in sc_df.columns:
-        mc = sc_df.filter(pl.col("kind") == "mc").head(s.plots.option_questions)
-        for r in mc.iter_rows(named=True):
-            ts, P = scorer.option_probabilities(r["prompt"], r["response"], ae.OPTION_LETTERS, s.plots.option_positions)
-            decayed = decayed_option_probability(P, s.plots.alpha)
-            gold = q.filter(pl.col("id") == r["id"])["answer"][0]
-            for j, letter in enumerate(ae.OPTION_LETTERS):
-                curves += [{"id": r["id"], "t": int(t), "T": int(r["T"]), "option": letter, "gold": letter == gold,
-                            "p": float(P[i, j]), "decayed": float(decayed[i, j])} for i, t in enumerate(ts)]
-    curves_df = pl.DataFrame(curves, schema={"id": pl.Utf8, "t": pl.Int64, "T": pl.Int64, "option": pl.Utf8,
-                                             "gold": pl.Boolean, "p": pl.Float64, "decayed": pl.Float64})
+    mc = sc_df.filter(pl.col("kind") == "mc").head(s.plots.option_questions) if "kind" in sc_df.columns else sc_df.head(0)
+    gold = dict(zip(q["id"], q["answer"]))
+    curves_df = option_curves(scorer, tokenizer, mc, gold, s.plots.option_positions, s.plots.alpha)
     cpath = write_parquet_atomic(curves_df, d / "option_curves.parquet")
     log.info("signals: %d samples; option curves for %d MC questions", cands.height, curves_df["id"].n_unique())
-    return {"candidates": str(path), "artifact_id": aid, "option_curves": str(cpath), "vocab_size": vocab}
+    return {"candidates": str(path), "artifact_id": aid, "option_curves": str(cpath), "vocab_size": scorer.vocab_size}
+
+
+def candidate_trajectory(tokenizer, sample_id: str, prompt: str, response: str | None) -> Trajectory:
+    """A sampled response's plain trajectory: it ends at its final \\boxed{} answer when it has
+    one, else at its last token (every candidate gets signals, answered or not)."""
+    t = build_trajectory({"id": sample_id, "prompt": prompt, "response": response, "answer": None}, tokenizer)
+    if isinstance(t, Trajectory):
+        return t
+    ids = list(tokenizer(response or "", add_special_tokens=False)["input_ids"])
+    return Trajectory(sample_id, prompt_token_ids(tokenizer, prompt), ids, T=len(ids), suffix_ids=[])
+
+
+def option_token_ids(tokenizer, letters) -> list[int]:
+    """The token each option letter is written with right after "\\boxed{"."""
+    prefix = list(tokenizer(BOX_OPENER, add_special_tokens=False)["input_ids"])
+    ids = []
+    for letter in letters:
+        full = list(tokenizer(BOX_OPENER + letter, add_special_tokens=False)["input_ids"])
+        if full[: len(prefix)] == prefix and len(full) > len(prefix):
+            ids.append(full[len(prefix)])
+        else:  # merged with the brace: fall back to the letter alone
+            ids.append(tokenizer(letter, add_special_tokens=False)["input_ids"][0])
+    return ids
+
+
+def option_curves(scorer, tokenizer, responses: pl.DataFrame, gold: dict, max_positions: int,
+                  alpha: float) -> pl.DataFrame:
+    """Paper Fig. 3: P_t(option) under the probe context C_t = (prompt, x_1..x_t, "\\boxed{") of each
+    response, and its decayed cumulative sum over t = 1..T-1, kept at ``max_positions`` evenly
+    spread t (the sum itself runs over every t)."""
+    schema = {"id": pl.Utf8, "t": pl.Int64, "T": pl.Int64, "option": pl.Utf8, "gold": pl.Boolean,
+              "p": pl.Float64, "decayed": pl.Float64}
+    trajs = []
+    for r in responses.iter_rows(named=True):
+        t = build_trajectory({"id": r["id"], "prompt": r["prompt"], "response": r["response"], "answer": None}, tokenizer)
+        if isinstance(t, str):
+            raise ValueError(f"response of {r['id']} cannot be probed: {t}")
+        trajs.append(t)
+    if not trajs:
+        return pl.DataFrame(schema=schema)
+    curves = []
+    rows = scorer.score(trajs, mode="probe", option_ids=option_token_ids(tokenizer, ae.OPTION_LETTERS))
+    for row in rows:
+        P = np.asarray(row["option_probs"])  # [T-1, options], row i is t = i + 1
+        decayed = decayed_option_probability(P, alpha)
+        ts = np.arange(1, row["T"])
+        if ts.size > max_positions:
+            ts = np.unique(np.linspace(1, row["T"] - 1, max_positions).round().astype(int))
+        for j, letter in enumerate(ae.OPTION_LETTERS):
+            curves += [{"id": row["id"], "t": int(t), "T": row["T"], "option": letter, "gold": letter == gold[row["id"]],
+                        "p": float(P[t - 1, j]), "decayed": float(decayed[t - 1, j])} for t in ts]
+    return pl.DataFrame(curves, schema=schema)
 
 
 # ---------------------------------------------------------------------------- analysis
