@@ -11,6 +11,7 @@ from tasks import curate as t
 from tasks.progress import artifact
 from undercurve.config import load_settings
 from undercurve.run import cancel_on_sigterm, tracked
+from undercurve.scoring import scores_in_shards
 from undercurve.stages import model_stages
 
 
@@ -40,7 +41,7 @@ def curate(config: str | None = "configs/demo.yaml", overrides: dict | None = No
         needed = model_stages(settings)
         # The two model stages run one after the other (one accelerator each time).
         scores = None
-        if "score" in needed and settings.scoring.engine == "torch":
+        if "score" in needed and scores_in_shards(settings.scoring):
             shards = t.score_plan(ctx, cap, inputs["model"])
             score_shards.with_options(task_runner=t.shard_runner(settings.scoring))(ctx, shards, inputs["model"])
             scores = t.score_merge(ctx, cap, shards)

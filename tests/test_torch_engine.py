@@ -307,3 +307,11 @@ def test_entropy_kernel_against_float64_and_with_masked_vocab():
     # several targets per row ([rows, k]): the options of paper Fig. 3
     many = next_token_stats(logits.clone(), torch.tensor([[0, 1]] * 5))["logprob"]
     np.testing.assert_allclose(many.numpy(), logp[:, :2].numpy(), atol=ATOL, rtol=0)
+
+
+def test_engine_choice_is_made_in_one_place():
+    from undercurve.config import ScoringSettings
+    from undercurve.scoring import scores_in_shards
+
+    assert scores_in_shards(ScoringSettings(engine="torch"))
+    assert not scores_in_shards(ScoringSettings(engine="vllm"))

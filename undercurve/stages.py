@@ -286,7 +286,9 @@ def score_merge(ctx: RunContext, prev: StageResult, shards: list[Shard]) -> Stag
 def score_stage(ctx: RunContext, prev: StageResult, model: str, progress=None) -> StageResult:
     """EAS/EDIS/PPL per sample; finished shards are not recomputed. In-process for the torch
     engine (the flow fans shards out itself), one worker job for the vLLM engine."""
-    if ctx.settings.scoring.engine == "torch":
+    from undercurve.scoring import scores_in_shards
+
+    if scores_in_shards(ctx.settings.scoring):
         shards = score_plan(ctx, prev, model)
         for shard in shards:
             score_shard(ctx, shard, model)
