@@ -1,12 +1,14 @@
-"""Export a selection as ms-swift's messages JSONL (one conversation per line)."""
+"""Export a selection in the formats users load: ms-swift messages JSONL, a `datasets` dataset."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import polars as pl
+import yaml
 
 
 def export_swift_jsonl(samples: pl.DataFrame, selection: pl.DataFrame, path: str | Path) -> tuple[Path, int]:
@@ -24,3 +26,71 @@ def export_swift_jsonl(samples: pl.DataFrame, selection: pl.DataFrame, path: str
             fh.write(json.dumps(msg, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
     return path, rows.height
+
+
+# The score summary leaves these numeric columns out: they order or describe, they do not score.
+_NOT_SCORES = {"rank"}
+
+
+def export_hf_dataset(samples: pl.DataFrame, selection: pl.DataFrame, out_dir: str | Path,
+                      card: dict) -> tuple[Path, int]:
+    """Write a selection as a Hugging Face ``datasets`` dataset with a dataset card.
+
+    ``out_dir`` loads with ``datasets.load_from_disk`` (Arrow); ``data/train.parquet`` holds the
+    same rows for ``load_dataset("parquet", ...)``, polars or DuckDB. Rows are in rank order: the selection's columns (``rank``, ``score``, any feature columns), the
+    sample's columns and a chat ``messages`` column. ``card``: ``source``, ``strategy``,
+    ``budget``, ``config`` (a mapping) and ``counts`` (name -> int); the card also summarises
+    every numeric selection column but ``rank``. Returns (out_dir, rows written).
+    """
+    import datasets
+
+    rows = _selected_rows(samples, selection)
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    datasets.Dataset.from_polars(rows).save_to_disk(str(tmp))
+    (tmp / "data").mkdir()
+    rows.write_parquet(tmp / "data" / "train.parquet")
+    scores = [c for c, t in selection.schema.items() if t.is_numeric() and c not in _NOT_SCORES]
+    (tmp / "README.md").write_text(dataset_card(card, rows, scores), encoding="utf-8")
+    shutil.rmtree(out_dir, ignore_errors=True)  # a rerun replaces the whole folder, never merges
+    os.replace(tmp, out_dir)
+    return out_dir, rows.height
+
+
+def _selected_rows(samples: pl.DataFrame, selection: pl.DataFrame) -> pl.DataFrame:
+    extra = [c for c in samples.columns if c not in selection.columns]
+    rows = selection.join(samples.select("id", *extra), on="id", how="left").sort("rank")
+    missing = rows.filter(pl.col("prompt").is_null())
+    if missing.height:
+        raise ValueError(f"{missing.height} selected ids are not in the sample table, e.g. {missing['id'][0]}")
+    messages = pl.concat_list(pl.struct(role=pl.lit("user"), content="prompt"),
+                              pl.struct(role=pl.lit("assistant"), content="response"))
+    return rows.with_columns(messages.alias("messages"))
+
+
+def dataset_card(card: dict, rows: pl.DataFrame, score_columns: list[str]) -> str:
+    """README.md of an exported selection: YAML header (Hub metadata + what made it), then prose."""
+    header = {
+        "pretty_name": f"undercurve selection: {card['strategy']}",
+        "tags": ["undercurve", "data-selection", f"strategy:{card['strategy']}"],
+        "task_categories": ["text-generation"],
+        "undercurve": {"source": card["source"], "strategy": card["strategy"], "budget": card["budget"],
+                       "rows": rows.height, "counts": card["counts"]},
+    }
+    lines = ["---", yaml.safe_dump(header, sort_keys=False).rstrip(), "---", "",
+             f"# undercurve selection: {card['strategy']}", "",
+             f"{rows.height} samples chosen by the `{card['strategy']}` strategy (budget {card['budget']}) "
+             f"from `{card['source']}`, in rank order.", "",
+             "| count | rows |", "|---|---:|", *(f"| {k} | {v} |" for k, v in card["counts"].items()), "",
+             "## Score summary", "", "| column | min | median | max |", "|---|---:|---:|---:|",
+             *(_summary_row(rows, c) for c in score_columns), "",
+             "## Config", "", "```yaml", yaml.safe_dump(card["config"], sort_keys=False).rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+def _summary_row(rows: pl.DataFrame, column: str) -> str:
+    values = rows[column].cast(pl.Float64).fill_nan(None).drop_nulls()
+    if values.is_empty():
+        return f"| {column} | | | |"
+    return f"| {column} | {values.min():.4g} | {values.median():.4g} | {values.max():.4g} |"

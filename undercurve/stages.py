@@ -343,8 +343,8 @@ def features_stage(ctx: RunContext, samples: StageResult, scores: StageResult | 
 
 
 def select_stage(ctx: RunContext, features: StageResult, samples: StageResult, spec: str) -> StageResult:
-    """Top-budget selection for one strategy + its ms-swift JSONL export."""
-    from undercurve.export import export_swift_jsonl
+    """Top-budget selection for one strategy + its ms-swift JSONL and `datasets` exports."""
+    from undercurve.export import export_hf_dataset, export_swift_jsonl
     from undercurve.strategies import make, resolve, select
 
     sel = ctx.settings.selection
@@ -357,17 +357,24 @@ def select_stage(ctx: RunContext, features: StageResult, samples: StageResult, s
     chosen = select(df, strat, sel.budget, sel.seed)
     d = ctx.stage_dir("select")
     path = write_parquet_atomic(chosen, d / f"{strategy}.parquet")
-    jsonl, n = export_swift_jsonl(pl.read_parquet(samples.path), chosen, d / f"{strategy}.swift.jsonl")
+    sample_rows = pl.read_parquet(samples.path)
+    jsonl, n = export_swift_jsonl(sample_rows, chosen, d / f"{strategy}.swift.jsonl")
+    card = {"source": ctx.settings.corpus.source, "strategy": strategy, "budget": sel.budget,
+            "config": ctx.settings.model_dump(mode="json"), "counts": {"rows_in": df.height, "selected": chosen.height}}
+    # the dataset carries the strategy's feature columns too, so its card can summarise them
+    hf, hf_rows = export_hf_dataset(sample_rows, chosen.join(df.select("id", *strat.needs), on="id", how="left"),
+                                    d / f"{strategy}.hf", card)
     reg = ctx.registry
     aid = reg.add_artifact(ctx.run_id, "select", f"selection:{strategy}", path, chosen.height,
                            parents=[features.artifact_id], meta={"budget": sel.budget, "seed": sel.seed})
     jid = reg.add_artifact(ctx.run_id, "export", f"swift_jsonl:{strategy}", jsonl, n, parents=[aid, samples.artifact_id])
+    reg.add_artifact(ctx.run_id, "export", f"hf_dataset:{strategy}", hf, hf_rows, parents=[aid, samples.artifact_id])
     reg.add_selection(ctx.run_id, chosen)
     if chosen.height < sel.budget:
         log.warning("select %s: only %d eligible samples for a budget of %d", strategy, chosen.height, sel.budget)
     log.info("select %s: %d samples -> %s", strategy, chosen.height, jsonl)
     return StageResult("select", str(path), aid, df.height, chosen.height, 0,
-                       {"strategy": strategy, "jsonl": str(jsonl), "jsonl_artifact_id": jid})
+                       {"strategy": strategy, "jsonl": str(jsonl), "jsonl_artifact_id": jid, "hf_dataset": str(hf)})
 
 
 # ---------------------------------------------------------------------------- helpers
