@@ -2,23 +2,84 @@
 
     undercurve run [CONFIG] [--flow pipeline|curate|train_eval|validate] [--set key=value ...]
     undercurve check [CONFIG] [--flow ...] [--set key=value ...]   validate settings, run nothing
-    undercurve runs                                          list runs
+    undercurve runs                                          list runs and their dashboard pages
     undercurve show RUN_ID                                   a run's artifacts and lineage
     undercurve compare                                       selection sizes per strategy across runs
+    undercurve open RUN_ID [--browser]                       a run's page in the Prefect dashboard
+
+Tables have colours on a terminal only (never with NO_COLOR); `--json` is for scripts.
+Exit codes: 0 ok, 1 failed run / unknown run / missing registry, 2 bad settings or usage,
+130 Ctrl-C, 143 SIGTERM.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import os
 import sys
+from enum import Enum
+from typing import Annotated, NoReturn, Optional
 
+import typer
 import yaml
-
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 EXIT_BAD_SETTINGS = 2
+EXIT_NOT_FOUND = 1
+
+app = typer.Typer(
+    name="undercurve", add_completion=False, no_args_is_help=True,
+    pretty_exceptions_enable=False,  # --debug shows the plain traceback
+    help="Run a flow, inspect the registry. Tables have colours on a terminal only (never with NO_COLOR); "
+         "--json is for scripts. Exit codes: 0 ok; 1 failed run, unknown run or missing registry; "
+         "2 bad settings or usage; 130 Ctrl-C; 143 SIGTERM.")
 
 
+class Flow(str, Enum):
+    pipeline = "pipeline"
+    curate = "curate"
+    train_eval = "train_eval"
+    validate = "validate"
+
+
+ConfigArg = Annotated[str, typer.Argument(help="YAML settings (validate takes its own, e.g. configs/validate_demo.yaml)")]
+FlowOpt = Annotated[Flow, typer.Option(help="which flow")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="override a setting (repeatable)")]
+DebugOpt = Annotated[bool, typer.Option(help="show tracebacks instead of one-line errors")]
+RegistryOpt = Annotated[Optional[str], typer.Option(help="DuckDB file (default: from --config)")]
+ReadConfigOpt = Annotated[str, typer.Option("--config", help="settings naming the registry")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="JSON for scripts instead of tables")]
+RunIdArg = Annotated[str, typer.Argument(help="a run id from `undercurve runs`")]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI on ``argv`` (default: the process's arguments); returns the exit code."""
+    try:
+        app(args=argv, prog_name="undercurve")
+    except SystemExit as exc:  # click ends every command, even a successful one, this way
+        return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    return 0
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    # plain print, not rich: one line however narrow the terminal, for people and for scripts
+    print(f"undercurve: {message}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+def _console() -> Console:
+    """stdout for tables: colours on a terminal unless NO_COLOR is set; elsewhere (pipes, files)
+    no escape codes and no wrapping at 80 columns, so each row stays one greppable line."""
+    console = Console(color_system=None if os.environ.get("NO_COLOR") else "auto", highlight=False, markup=False)
+    if not console.is_terminal:
+        console.width = 100_000
+    return console
+
+
+# ------------------------------------------------------------------------------- run, check
 def _parse_set(items: list[str]) -> dict:
     from undercurve.config import ConfigError
 
@@ -45,156 +106,273 @@ def check_settings(config: str | None, flow: str, overrides: dict | None):
     return load_settings(config, overrides)
 
 
-def _registry(path: str | None, config: str | None):
-    from undercurve.config import load_settings
-    from undercurve.registry import Registry
-
-    return Registry(path or load_settings(config).registry_path)
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="undercurve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    run = sub.add_parser("run", help="run a flow (default: the whole pipeline)")
-    run.add_argument("config", nargs="?", default="configs/demo.yaml")
-    run.add_argument("--flow", choices=["pipeline", "curate", "train_eval", "validate"], default="pipeline",
-                     help="validate takes its own config, e.g. configs/validate_demo.yaml")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
-    run.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
-    chk = sub.add_parser("check", help="validate a config (and --set overrides) without running anything")
-    chk.add_argument("config", nargs="?", default="configs/demo.yaml")
-    chk.add_argument("--flow", choices=["pipeline", "curate", "train_eval", "validate"], default="pipeline")
-    chk.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    chk.add_argument("--debug", action="store_true")
-    for name in ("runs", "show", "compare"):
-        p = sub.add_parser(name)
-        p.add_argument("--registry", help="DuckDB file (default: from --config)")
-        p.add_argument("--config", default="configs/demo.yaml")
-        p.add_argument("--json", action="store_true", help="JSON for scripts instead of tables")
-        if name == "show":
-            p.add_argument("run_id")
-    args = ap.parse_args(argv)
-
-    if args.cmd in ("run", "check"):
-        from undercurve.config import ConfigError
-
-        try:
-            overrides = _parse_set(args.set) or None
-            settings = check_settings(args.config, args.flow, overrides)
-        except ConfigError as e:
-            if args.debug:
-                raise
-            print(f"undercurve: bad settings: {e}", file=sys.stderr)
-            return EXIT_BAD_SETTINGS
-        if args.cmd == "check":
-            print(f"{args.config}: settings are valid for the {args.flow} flow (run {settings.run_name!r}, "
-                  f"outputs under {settings.run_dir})")
-            return 0
-        from undercurve.watchdog import start_watchdog
-
-        start_watchdog(str(settings.registry_path.resolve()))  # no child outlives this process
-        try:
-            _run(args, overrides)
-        except KeyboardInterrupt:
-            print("undercurve: cancelled", file=sys.stderr)
-            return 130
-        except BaseException as exc:  # noqa: BLE001 - one line, the run's state is in the registry
-            from undercurve.run import Cancelled, one_line
-
-            if args.debug:
-                raise
-            if isinstance(exc, Cancelled):
-                print(f"undercurve: cancelled ({exc})", file=sys.stderr)
-                return 143
-            print(f"undercurve: run failed: {one_line(exc)}  (--debug for the traceback)", file=sys.stderr)
-            return 1
-        return 0
-
-    import polars as pl
-
-    pl.Config.set_tbl_rows(200)
-    pl.Config.set_fmt_str_lengths(80)
-    from undercurve.registry import RegistryMissing
+def _checked(config: str, flow: Flow, sets: list[str] | None, debug: bool):
+    """(overrides, settings), or exit 2 with one line naming what is wrong."""
+    from undercurve.config import ConfigError
 
     try:
-        reg = _registry(args.registry, args.config)
-    except RegistryMissing as e:
-        print(f"undercurve: {e} (a read command never creates one)", file=sys.stderr)
-        return 1
-    reg.reap_crashed()  # RUNNING runs whose owner is gone are CRASHED, and shown so
-    if args.cmd == "show" and reg.query("SELECT 1 FROM runs WHERE run_id = ?", [args.run_id]).height == 0:
-        print(f"undercurve: no run {args.run_id!r} in {reg.path}", file=sys.stderr)
-        return 1
-    tables = _read_tables(reg, args)
-    if args.json:
-        print(json.dumps({name: t.to_dicts() for name, t in tables.items()}, default=str, indent=1))
-    else:
-        for t in tables.values():
-            print(t)
-    return 0
+        overrides = _parse_set(sets or []) or None
+        return overrides, check_settings(config, flow.value, overrides)
+    except ConfigError as e:
+        if debug:
+            raise
+        _fail(f"bad settings: {e}", EXIT_BAD_SETTINGS)
 
 
-def _read_tables(reg, args) -> dict:
-    if args.cmd == "runs":
-        return {"runs": reg.query("SELECT run_id, flow, run_name, status, started_at, finished_at, code_version, "
-                                  "reason FROM runs ORDER BY started_at DESC")}
-    if args.cmd == "show":
-        return {
-            "run": reg.query("SELECT run_id, flow, status, reason, summary_json FROM runs WHERE run_id = ?", [args.run_id]),
-            "artifacts": reg.query("SELECT artifact_id, stage, kind, rows, path FROM artifacts WHERE run_id = ? "
-                                   "ORDER BY created_at", [args.run_id]),
-            "lineage": reg.query("SELECT c.stage || ':' || c.kind AS child, p.stage || ':' || p.kind AS parent "
-                                 "FROM lineage l JOIN artifacts c ON c.artifact_id = l.child_id "
-                                 "JOIN artifacts p ON p.artifact_id = l.parent_id WHERE c.run_id = ?", [args.run_id]),
-            "set_aside": reg.query("SELECT stage, reason, n FROM set_aside WHERE run_id = ? ORDER BY stage", [args.run_id]),
-        }
-    return {"selections": reg.query("SELECT r.run_name, s.run_id, s.strategy, count(*) AS n, avg(s.score) AS mean_score "
-                                    "FROM selections s JOIN runs r USING (run_id) GROUP BY ALL "
-                                    "ORDER BY r.run_name, s.strategy")}
+@app.command()
+def check(config: ConfigArg = "configs/demo.yaml", flow: FlowOpt = Flow.pipeline, set_: SetOpt = None,
+          debug: DebugOpt = False) -> None:
+    """Validate a config (and --set overrides) without running anything."""
+    _, settings = _checked(config, flow, set_, debug)
+    print(f"{config}: settings are valid for the {flow.value} flow (run {settings.run_name!r}, "
+          f"outputs under {settings.run_dir})")
 
 
-def _run(args, overrides: dict | None) -> None:
-    if args.flow == "curate":
+@app.command()
+def run(config: ConfigArg = "configs/demo.yaml", flow: FlowOpt = Flow.pipeline, set_: SetOpt = None,
+        debug: DebugOpt = False) -> None:
+    """Run a flow (default: the whole pipeline)."""
+    overrides, settings = _checked(config, flow, set_, debug)
+    from undercurve.watchdog import start_watchdog
+
+    start_watchdog(str(settings.registry_path.resolve()))  # no child outlives this process
+    try:
+        _run(config, flow, overrides)
+    except KeyboardInterrupt:
+        _fail("cancelled", 130)
+    except BaseException as exc:  # noqa: BLE001 - one line, the run's state is in the registry
+        from undercurve.run import Cancelled, one_line
+
+        if debug:
+            raise
+        if isinstance(exc, Cancelled):
+            _fail(f"cancelled ({exc})", 143)
+        _fail(f"run failed: {one_line(exc)}  (--debug for the traceback)", 1)
+
+
+def _run(config: str, flow: Flow, overrides: dict | None) -> None:
+    if flow is Flow.curate:
         from flows.curate import curate
 
-        _print_summary(curate(args.config, overrides))
-    elif args.flow == "train_eval":
+        _print_summary(curate(config, overrides))
+    elif flow is Flow.train_eval:
         from flows.train_eval import train_eval
 
-        _print_comparison(train_eval(args.config, overrides))
-    elif args.flow == "validate":
+        _print_comparison(train_eval(config, overrides))
+    elif flow is Flow.validate:
         from flows.validate import validate
 
-        out = validate(args.config, overrides)
+        out = validate(config, overrides)
         print("\n" + out["markdown"])
         print("outputs:", out["run_dir"])
     else:
         from flows.pipeline import pipeline
 
-        out = pipeline(args.config, overrides)
+        out = pipeline(config, overrides)
         _print_summary(out["curate"])
         _print_comparison(out["train_eval"])
 
 
 def _print_summary(summary: dict) -> None:
-    print("\nundercurve run", summary["run_id"], "finished")
-    print(f"{'stage':<22}{'in':>8}{'kept':>8}{'aside':>8}")
-    for row in summary["stages"]:
-        print(f"{row['stage']:<22}{row['rows_in']:>8}{row['kept']:>8}{row['set_aside']:>8}")
+    from undercurve.registry import Registry
+
+    console = _console()
+    console.print(f"\nundercurve run {summary['run_id']} finished")
+    console.print(_table("rows per stage", [{k: r[k] for k in ("stage", "rows_in", "kept", "set_aside")}
+                                            for r in summary["stages"]]))
+    lines = []
     if "accounting" in summary:
-        print("accounting:", json.dumps(summary["accounting"]))
-    print("outputs: ", summary["run_dir"])
+        lines.append(f"accounting: {json.dumps(summary['accounting'])}")
+    lines.append(f"outputs:    {summary['run_dir']}")
     if summary.get("report"):
-        print("report:  ", summary["report"], "(rows per stage, set-aside reasons, what each strategy chose)")
-    print("registry:", summary["registry"])
-    for strategy, path in summary["selections"].items():
-        print(f"  {strategy:<10} {path}")
+        lines.append(f"report:     {summary['report']} (rows per stage, set-aside reasons, what each strategy chose)")
+    lines.append(f"registry:   {summary['registry']}")
+    url = _run_row(Registry(summary["registry"]), summary["run_id"])["dashboard_url"]
+    if url:
+        lines.append(f"dashboard:  {url}")
+    lines.append("selections (ms-swift JSONL; a `datasets` folder <strategy>.hf beside each):")
+    lines += [f"  {strategy:<10} {path}" for strategy, path in summary["selections"].items()]
+    for line in lines:
+        console.print(line, soft_wrap=True)  # paths and URLs whole: the terminal wraps them, not rich
 
 
 def _print_comparison(summary: dict) -> None:
     if summary.get("markdown"):
         print("\n" + summary["markdown"])
         print("report:", summary["md_path"], summary["csv_path"])
+
+
+# ------------------------------------------------------------------ reading the registry
+def _open_registry(path: str | None, config: str):
+    """The registry named by --registry or the config; exit 1 if it does not exist (never created)."""
+    from undercurve.config import ConfigError, load_settings
+    from undercurve.registry import Registry, RegistryMissing
+
+    try:
+        reg = Registry(path or load_settings(config).registry_path)
+    except RegistryMissing as e:
+        _fail(f"{e} (a read command never creates one)", EXIT_NOT_FOUND)
+    except ConfigError as e:
+        _fail(f"bad settings: {e}", EXIT_BAD_SETTINGS)
+    reg.reap_crashed()  # RUNNING runs whose owner is gone are CRASHED, and shown so
+    return reg
+
+
+def prefect_ui_url() -> str:
+    """Where the Prefect dashboard is: PREFECT_UI_URL, else Prefect's own settings (derived from
+    PREFECT_API_URL or the active profile), else the local `make server`, whose database also
+    keeps the runs of the temporary server a run without PREFECT_API_URL starts."""
+    url = os.environ.get("PREFECT_UI_URL")
+    if not url:
+        from prefect.settings import get_current_settings
+
+        settings = get_current_settings()
+        url = settings.ui_url or settings.server.ui.api_url.removesuffix("/api")
+    return url.rstrip("/")
+
+
+def _with_dashboard_urls(runs: list[dict]) -> list[dict]:
+    """Each run row plus ``dashboard_url`` (None where no Prefect flow run was recorded)."""
+    base = prefect_ui_url() if any(r["prefect_flow_run_id"] for r in runs) else None
+    return [{**r, "dashboard_url": f"{base}/runs/flow-run/{r['prefect_flow_run_id']}" if r["prefect_flow_run_id"] else None}
+            for r in runs]
+
+
+def _run_row(reg, run_id: str) -> dict:
+    rows = reg.query("SELECT run_id, flow, run_name, status, reason, started_at, finished_at, code_version, "
+                     "prefect_flow_run_id, summary_json FROM runs WHERE run_id = ?", [run_id]).to_dicts()
+    if not rows:
+        _fail(f"no run {run_id!r} in {reg.path}", EXIT_NOT_FOUND)
+    return _with_dashboard_urls(rows)[0]
+
+
+@app.command()
+def runs(registry: RegistryOpt = None, config: ReadConfigOpt = "configs/demo.yaml", as_json: JsonOpt = False) -> None:
+    """List runs: status (and why a run did not complete), code version, dashboard page."""
+    reg = _open_registry(registry, config)
+    rows = _with_dashboard_urls(reg.query(
+        "SELECT run_id, flow, run_name, status, started_at, finished_at, code_version, reason, prefect_flow_run_id "
+        "FROM runs ORDER BY started_at DESC").to_dicts())
+    if as_json:
+        _print_json({"runs": rows})
+        return
+    console = _console()
+    # URLs below the table, not in a column: a column this wide would crush the others at 80 columns
+    console.print(_table("runs", [{k: v for k, v in r.items() if k not in ("finished_at", "prefect_flow_run_id",
+                                                                            "dashboard_url")} for r in rows]))
+    pages = [r for r in rows if r["dashboard_url"]]
+    if pages:
+        console.print("dashboard (Prefect UI)", style="bold")
+        for r in pages:
+            # soft_wrap: a narrow terminal wraps the URL itself, rich does not break it into pieces
+            console.print(Text.assemble(f"  {r['run_id']}  ", _text("dashboard_url", r["dashboard_url"])), soft_wrap=True)
+
+
+@app.command()
+def show(run_id: RunIdArg, registry: RegistryOpt = None, config: ReadConfigOpt = "configs/demo.yaml",
+         as_json: JsonOpt = False) -> None:
+    """A run: its state, dashboard page, rows per stage, artifacts, lineage, set-aside reasons."""
+    reg = _open_registry(registry, config)
+    run = _run_row(reg, run_id)
+    tables = {
+        "artifacts": reg.query("SELECT artifact_id, stage, kind, rows, path FROM artifacts WHERE run_id = ? "
+                               "ORDER BY created_at", [run_id]),
+        "lineage": reg.query("SELECT c.stage || ':' || c.kind AS child, p.stage || ':' || p.kind AS parent "
+                             "FROM lineage l JOIN artifacts c ON c.artifact_id = l.child_id "
+                             "JOIN artifacts p ON p.artifact_id = l.parent_id WHERE c.run_id = ?", [run_id]),
+        "set_aside": reg.query("SELECT stage, reason, n FROM set_aside WHERE run_id = ? ORDER BY stage", [run_id]),
+    }
+    if as_json:
+        _print_json({"run": [run], **{name: t.to_dicts() for name, t in tables.items()}})
+        return
+    console = _console()
+    _print_run(console, run)
+    stages = json.loads(run["summary_json"] or "{}").get("stages")
+    if stages:
+        console.print(_table("rows per stage", [{k: s.get(k) for k in ("stage", "rows_in", "kept", "set_aside")}
+                                                for s in stages]))
+    for name, t in tables.items():
+        console.print(_table(name.replace("_", " "), t.to_dicts()))
+
+
+@app.command()
+def compare(registry: RegistryOpt = None, config: ReadConfigOpt = "configs/demo.yaml", as_json: JsonOpt = False) -> None:
+    """Selections per strategy across runs: size and mean score."""
+    reg = _open_registry(registry, config)
+    rows = reg.query("SELECT r.run_name, s.run_id, s.strategy, count(*) AS n, avg(s.score) AS mean_score "
+                     "FROM selections s JOIN runs r USING (run_id) GROUP BY ALL "
+                     "ORDER BY r.run_name, s.strategy").to_dicts()
+    if as_json:
+        _print_json({"selections": rows})
+    else:
+        _console().print(_table("selections", rows))
+
+
+@app.command("open")
+def open_run(run_id: RunIdArg, registry: RegistryOpt = None, config: ReadConfigOpt = "configs/demo.yaml",
+             browser: Annotated[bool, typer.Option("--browser", help="also open it in a web browser")] = False) -> None:
+    """Print a run's page in the Prefect dashboard (PREFECT_UI_URL overrides where that is)."""
+    import webbrowser
+
+    url = _run_row(_open_registry(registry, config), run_id)["dashboard_url"]
+    if url is None:
+        _fail(f"run {run_id!r} has no Prefect flow run recorded (it was not started by a flow)", EXIT_NOT_FOUND)
+    print(url)
+    if browser:
+        webbrowser.open(url)
+
+
+# ------------------------------------------------------------------------------- rendering
+_NO_WRAP = {"run_id", "artifact_id", "status", "started_at", "finished_at"}  # ids and times stay whole
+_STATUS_STYLE = {"COMPLETED": "green", "RUNNING": "cyan", "CANCELLED": "yellow", "FAILED": "red", "CRASHED": "red"}
+
+
+def _print_json(tables: dict[str, list[dict]]) -> None:
+    print(json.dumps(tables, default=str, indent=1))
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if hasattr(value, "strftime"):
+        return value.strftime("%Y-%m-%d %H:%M")  # to the minute: --json has the exact time
+    return str(value)
+
+
+def _text(column: str, value) -> Text:
+    # plain Text: "[...]" in a path or a reason is text, never rich markup
+    style = _STATUS_STYLE.get(value, "") if column == "status" else ""
+    if column == "dashboard_url" and value:
+        style = f"link {value}"
+    return Text(_cell(value), style=style)
+
+
+def _table(title: str, rows: list[dict]) -> Table | Text:
+    if not rows:
+        return Text(f"{title}: none")
+    table = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, pad_edge=False,
+                  collapse_padding=True)
+    for name in rows[0]:
+        numeric = any(isinstance(r[name], (int, float)) and not isinstance(r[name], bool) for r in rows)
+        table.add_column(name, justify="right" if numeric else "left", overflow="fold", no_wrap=name in _NO_WRAP)
+    for r in rows:
+        table.add_row(*(_text(k, v) for k, v in r.items()))
+    return table
+
+
+def _print_run(console: Console, run: dict) -> None:
+    """One run as key/value lines, its dashboard page last and whole (clickable when wrapped)."""
+    keys = ("run_id", "flow", "run_name", "status", "reason", "started_at", "finished_at", "code_version")
+    card = Table.grid(padding=(0, 2))
+    card.add_column(style="bold", min_width=len("code_version"))
+    card.add_column(overflow="fold")
+    for key in keys:
+        card.add_row(key, _text(key, run[key]))
+    console.print(card)
+    page = _text("dashboard_url", run["dashboard_url"]) if run["dashboard_url"] else "(no Prefect flow run recorded)"
+    console.print(Text.assemble(("dashboard".ljust(len("code_version") + 2), "bold"), page, "\n"), soft_wrap=True)
 
 
 if __name__ == "__main__":
