@@ -39,3 +39,13 @@ def test_score_stage_with_torch_and_vllm_engines(tmp_path, tiny_model):
     for g, bound in zip(gap, topk["topk_bound"].to_list()):
         assert -1e-3 <= g <= bound + 1e-3
     assert topk["topk_mass_min"].min() > 0
+    # per-token entropies: float32, the EAS curve not stored twice, one reader for both layouts
+    from undercurve.scoring.score import TOKEN_SCHEMA, scan_entropies
+
+    for engine, scores in out.items():
+        assert "entropy" not in scores.columns
+        (score_dir,) = (tmp_path / engine).glob("*/score")
+        curves = scan_entropies(score_dir).collect().sort("id")
+        assert curves["id"].to_list() == scores["id"].to_list()
+        assert curves.select(list(TOKEN_SCHEMA)).schema == pl.Schema(TOKEN_SCHEMA)
+        assert [len(c) for c in curves["entropy"]] == [T - 1 for T in scores["T"]]
