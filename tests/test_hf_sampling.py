@@ -76,3 +76,26 @@ def test_worker_rollouts_on_the_hf_backend(tiny_model, tmp_path):
     assert pr["pass_rate"].to_list() == (pr["n_correct"] / pr["n"]).to_list()
     again = run_vllm_job(job, tmp_path, name="hf", python=sys.executable)
     assert again["steps"][0]["skipped"] is True
+
+
+def test_nucleus_matches_a_full_sort_reference():
+    """Every sampled token lies in the nucleus a full sort gives (smallest top set with mass
+    >= top_p), both when it sits in the top 256 and when a flat row needs the whole sort."""
+    from undercurve.hf_sampling import _pick
+
+    torch.manual_seed(0)
+    V, top_p = 5000, 0.9
+    logits = torch.cat([torch.randn(4, V) * 6, torch.randn(4, V) * 0.1])  # peaked rows, flat rows
+    probs = torch.softmax(logits.double(), -1)
+    nuclei = []
+    for row in probs:
+        p, idx = row.sort(descending=True)
+        nuclei.append(set(idx[: int((p.cumsum(0) < top_p).sum()) + 1].tolist()))
+    assert min(map(len, nuclei[4:])) > 256 and max(map(len, nuclei[:4])) < 256  # both paths
+    gens = [torch.Generator().manual_seed(i) for i in range(8)]
+    seen = [set() for _ in range(8)]
+    for _ in range(200):
+        for row, tok in enumerate(_pick(logits, 1.0, top_p, gens).tolist()):
+            assert tok in nuclei[row]
+            seen[row].add(tok)
+    assert all(len(s) > 1 for s in seen)
