@@ -27,6 +27,12 @@ def _train_eval(ctx, settings, curate_run_id: str | None) -> dict:
     source_run, selections = t.find_selections(ctx, curate_run_id)
     benchmarks = t.resolve_benchmarks(ctx, inputs["demo_benchmark"])
     rows, failed, skipped = [], [], []
+    # the model before SFT: the row every strategy's training should beat
+    base = t.evaluate(ctx, "base", inputs["model"], 1, settings.model.path, benchmarks, return_state=True)
+    if base.is_failed():
+        failed.append("base")
+    else:
+        rows += base.result()
     for strategy, jsonl in selections.items():  # sequential: one accelerator
         if not t.has_rows(jsonl):
             skipped.append(strategy)  # e.g. pass_rate when every sample passed 0/4 or 4/4

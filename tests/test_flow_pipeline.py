@@ -18,7 +18,7 @@ SMALL = {
 def test_pipeline_curates_trains_evaluates_and_reports(prefect_harness, tmp_path):
     from flows.pipeline import pipeline
 
-    out = pipeline("configs/demo.yaml", demo_overrides(tmp_path, **SMALL, **{"model.tiny_dir": str(tmp_path / "m")}))
+    out = pipeline("configs/tiny.yaml", demo_overrides(tmp_path, **SMALL, **{"model.tiny_dir": str(tmp_path / "m")}))
     reg = Registry(tmp_path / "registry.duckdb")
     runs = reg.query("SELECT run_id, flow, status FROM runs ORDER BY started_at")
     assert runs["flow"].to_list() == ["curate", "train_eval"] and set(runs["status"]) == {"COMPLETED"}
@@ -31,24 +31,31 @@ def test_pipeline_curates_trains_evaluates_and_reports(prefect_harness, tmp_path
     assert sorted(ckpts["strategy"].to_list()) == ["eas", "eas", "random", "random"]
     assert ckpts["val_loss"].null_count() == 0
 
-    # the best checkpoint of each strategy evaluated on both benchmarks, 2 repeats each
+    # the base model and the best checkpoint of each strategy on both benchmarks, 2 repeats each
     ev = reg.query("SELECT strategy, benchmark, pass1_mean, n_repeats, checkpoint FROM eval_results "
                    "WHERE run_id = ? ORDER BY ALL", [te_id])
-    assert ev.select("strategy", "benchmark").rows() == [("eas", "aime24"), ("eas", "aime25"),
+    assert ev.select("strategy", "benchmark").rows() == [("base", "aime24"), ("base", "aime25"),
+                                                         ("eas", "aime24"), ("eas", "aime25"),
                                                          ("random", "aime24"), ("random", "aime25")]
     assert set(ev["n_repeats"]) == {2} and ev["pass1_mean"].is_between(0, 1).all()
     best = {s: ckpts.filter(pl.col("strategy") == s).sort("val_loss")["path"][0] for s in ("eas", "random")}
-    assert {s: c for s, c in ev.select("strategy", "checkpoint").unique().iter_rows()} == best
+    trained = ev.filter(pl.col("strategy") != "base")
+    assert {s: c for s, c in trained.select("strategy", "checkpoint").unique().iter_rows()} == best
 
-    # the comparison report: random absolute, eas as a delta, on disk and registered
+    # the comparison report: the base model and every strategy with a 95% interval, random
+    # absolute and eas as a delta with its own interval, on disk and registered
     csv = pl.read_csv(te_run["csv_path"])
-    assert set(csv["strategy"]) == {"random", "eas"}
+    assert set(csv["strategy"]) == {"base", "random", "eas"}
+    summary = pl.DataFrame(te_run["summary"])
+    assert summary["strategy"].to_list() == ["base", "random", "eas"]
+    assert (summary["pass1_low"] <= summary["pass1"]).all() and (summary["pass1"] <= summary["pass1_high"]).all()
+    assert "Pass@1 % [95% CI]" in te_run["markdown"]
     # the random tiny model never solves a problem: every pass rate is 0, the pass_rate selection
     # is empty, and the comparison says so instead of dropping the strategy
     assert "`pass_rate`: skipped: its selection is empty" in te_run["markdown"]
     assert te_run["skipped_empty"] == ["pass_rate"]
     kinds = set(reg.query("SELECT kind FROM artifacts WHERE run_id = ?", [te_id])["kind"])
-    assert {"checkpoint:eas", "checkpoint:random", "comparison_md", "comparison_csv"} <= kinds
+    assert {"checkpoint:eas", "checkpoint:random", "comparison_md", "comparison_csv", "pass1_summary_csv"} <= kinds
     # lineage to the end: every eval report -> its checkpoint -> the selection JSONL -> ... -> ingest
     chain = reg.query("""
         WITH RECURSIVE up(id) AS (

@@ -39,6 +39,9 @@ class BenchmarkScore:
     per_repeat: list[float]  # Pass@1 of each repeat, index = repeat
     n_problems: int
     report_path: Path
+    # 0/1 score of each (problem, repeat), problems in evalscope's group order: the input of
+    # the bootstrap intervals (undercurve.stats)
+    table: list[list[float]] = field(default_factory=list)
 
     @property
     def pass1_std(self) -> float:
@@ -62,7 +65,8 @@ class EvalResult:
         """Rows for report.comparison_table, e.g. to_rows(model=..., strategy=..., checkpoint_rank=1)."""
         return [
             {**keys, "benchmark": b, "pass1_mean": s.pass1_mean, "pass1_std": s.pass1_std,
-             "n_repeats": len(s.per_repeat), "n_problems": s.n_problems, "report_path": str(s.report_path)}
+             "n_repeats": len(s.per_repeat), "n_problems": s.n_problems, "report_path": str(s.report_path),
+             "table": s.table}
             for b, s in self.benchmarks.items()
         ]
 
@@ -204,18 +208,21 @@ def read_benchmark_score(work_dir: str | Path, benchmark: str) -> BenchmarkScore
     mean = float(metric["score"])
 
     by_repeat: dict[int, list[float]] = {}
-    problems: set[Any] = set()
+    cells: dict[tuple[str, Any], dict[int, float]] = {}
     for review in sorted(work_dir.glob(f"reviews/*/{benchmark}_*.jsonl")):
         for line in review.read_text(encoding="utf-8").splitlines():
             ss = json.loads(line)["sample_score"]
             value = ss["score"]["value"]
-            acc = value.get("acc", next(iter(value.values()), 0.0)) if value else 0.0
-            by_repeat.setdefault(int(ss.get("generation_index") or 0), []).append(float(acc))
-            problems.add(ss.get("group_id"))
+            acc = float(value.get("acc", next(iter(value.values()), 0.0)) if value else 0.0)
+            repeat = int(ss.get("generation_index") or 0)
+            by_repeat.setdefault(repeat, []).append(acc)
+            cells.setdefault((review.name, ss.get("group_id")), {})[repeat] = acc
     if not by_repeat:
         raise FileNotFoundError(f"no reviews for {benchmark} under {work_dir}/reviews")
     per_repeat = [sum(v) / len(v) for _, v in sorted(by_repeat.items())]
-    return BenchmarkScore(mean, per_repeat, len(problems), report_path)
+    repeats = sorted(by_repeat)
+    table = [[row.get(k, 0.0) for k in repeats] for _, row in sorted(cells.items(), key=lambda kv: str(kv[0]))]
+    return BenchmarkScore(mean, per_repeat, len(cells), report_path, table)
 
 
 def _main(job_path: str) -> None:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import polars as pl
 
+from undercurve.stats import LEVEL, pass1_intervals
+
 REQUIRED = ["model", "strategy", "checkpoint_rank", "benchmark", "pass1_mean", "pass1_std", "n_repeats"]
 STRATEGY_ORDER = ["random", "length", "pass_rate", "eas"]
 KEY = ["model", "strategy", "checkpoint_rank", "benchmark"]
@@ -120,6 +122,60 @@ def to_markdown(table: pl.DataFrame) -> str:
         "## Per checkpoint rank and benchmark",
         _md_table(table, ["model", "checkpoint_rank", "benchmark"]),
     ]) + "\n"
+
+
+BASE_MODEL = "base"  # the model before any SFT: the row every strategy should beat
+
+
+def pass1_summary(rows: list[dict], baseline: str = "random") -> pl.DataFrame:
+    """One row per strategy (the base model first): Average Pass@1 (%) over benchmarks and
+    checkpoints with its bootstrap interval, the difference to ``baseline`` with its paired
+    interval, and whether that difference is distinguishable from noise.
+
+    ``rows``: evaluation rows with ``strategy``, ``benchmark`` and ``table`` (0/1 scores,
+    problems x repeats, undercurve.evaluate.BenchmarkScore.table)."""
+    tables: dict[str, dict[str, list]] = {}
+    for r in rows:
+        tables.setdefault(r["strategy"], {}).setdefault(r["benchmark"], []).append(r["table"])
+    base = baseline if baseline in tables else None
+    own, diffs = pass1_intervals(tables, base)
+    order = [BASE_MODEL, *STRATEGY_ORDER]
+    out = []
+    for m in sorted(tables, key=lambda m: (order.index(m) if m in order else len(order), m)):
+        d = diffs.get(m)
+        out.append({
+            "strategy": m, "pass1": 100 * own[m].value, "pass1_low": 100 * own[m].low, "pass1_high": 100 * own[m].high,
+            "delta": None if d is None else 100 * d.value, "delta_low": None if d is None else 100 * d.low,
+            "delta_high": None if d is None else 100 * d.high,
+            "verdict": "baseline" if m == base else "inside the noise" if d is None or d.contains(0)
+            else "better than " + base if d.value > 0 else "worse than " + base,
+        })
+    return pl.DataFrame(out, schema={"strategy": pl.Utf8, "pass1": pl.Float64, "pass1_low": pl.Float64,
+                                     "pass1_high": pl.Float64, "delta": pl.Float64, "delta_low": pl.Float64,
+                                     "delta_high": pl.Float64, "verdict": pl.Utf8})
+
+
+def summary_markdown(summary: pl.DataFrame, baseline: str = "random") -> str:
+    pct = f"{LEVEL:.0%}"
+    lines = [f"| strategy | Pass@1 % [{pct} CI] | Δ vs {baseline}, points [{pct} CI] | |", "|---|---|---|---|"]
+    for r in summary.iter_rows(named=True):
+        delta = "" if r["delta"] is None else f"{r['delta']:+.1f} [{r['delta_low']:+.1f}, {r['delta_high']:+.1f}]"
+        lines.append(f"| {r['strategy']} | {r['pass1']:.1f} [{r['pass1_low']:.1f}, {r['pass1_high']:.1f}] | {delta} "
+                     f"| {r['verdict'] if r['strategy'] != baseline else ''} |")
+    noisy = summary.filter(pl.col("verdict") == "inside the noise")["strategy"].to_list()
+    note = (f"Intervals: bootstrap over problems and repeats ({pct}); a difference is inside the noise when "
+            f"its paired interval contains 0.")
+    if noisy:
+        note += f" Inside the noise here: {', '.join(noisy)}: this evaluation cannot tell them apart from {baseline}."
+    return "\n".join(lines) + "\n\n" + note
+
+
+def detail_markdown(table: pl.DataFrame) -> str:
+    """The per checkpoint rank and benchmark table (± = standard deviation over repeats)."""
+    baseline = table.filter(~pl.col("is_delta"))["strategy"][0]
+    return (f"## Per checkpoint rank and benchmark\n\n{baseline} is absolute; other strategies are differences "
+            f"to it in points; ± is the standard deviation over evaluation repeats.\n\n"
+            + _md_table(table, ["model", "checkpoint_rank", "benchmark"]))
 
 
 def write_report(table: pl.DataFrame, out_dir: str | Path, stem: str = "comparison") -> tuple[Path, Path]:

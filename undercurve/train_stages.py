@@ -139,17 +139,24 @@ def _artifact_id(reg, path: str | Path, kind_like: str) -> str | None:
 
 
 def comparison_report(ctx: RunContext, rows: list[dict], not_run: dict[str, str] | None = None) -> dict:
-    """Table 3: random absolute, other strategies as deltas; Markdown + CSV on disk. Every
-    strategy of the curate run appears: those without results are listed with the reason."""
+    """Table 3 with intervals: a summary (Pass@1 and the difference to random, each with a
+    bootstrap 95% interval; the base model as a row), then the per checkpoint and benchmark
+    detail. Every strategy of the curate run appears: those without results with the reason."""
     from undercurve.io import write_text_atomic
-    from undercurve.report import comparison_table, to_markdown, write_report
+    from undercurve.report import comparison_table, detail_markdown, pass1_summary, summary_markdown, write_report
 
-    table = comparison_table(pl.DataFrame(rows))
+    table = comparison_table(pl.DataFrame(rows).drop("table", strict=False))
+    summary = pass1_summary(rows)
     md_path, csv_path = write_report(table, ctx.stage_dir("report"))
-    markdown = to_markdown(table)
+    summary_csv = ctx.stage_dir("report") / "summary.csv"
+    summary.write_csv(summary_csv)
+    markdown = "\n\n".join(["# Strategy comparison: Average Pass@1 (%)", summary_markdown(summary),
+                             detail_markdown(table)]) + "\n"
     if not_run:
         markdown += "\n\nStrategies without a result:\n\n" + "\n".join(f"- `{s}`: {why}" for s, why in not_run.items()) + "\n"
-        write_text_atomic(markdown, md_path)
+    write_text_atomic(markdown, md_path)
     ctx.registry.add_artifact(ctx.run_id, "report", "comparison_md", md_path, table.height)
     ctx.registry.add_artifact(ctx.run_id, "report", "comparison_csv", csv_path, table.height)
-    return {"markdown": markdown, "md_path": str(md_path), "csv_path": str(csv_path)}
+    ctx.registry.add_artifact(ctx.run_id, "report", "pass1_summary_csv", summary_csv, summary.height)
+    return {"markdown": markdown, "md_path": str(md_path), "csv_path": str(csv_path),
+            "summary": summary.to_dicts()}
