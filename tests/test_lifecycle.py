@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _start(workdir: Path, *sets: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "flows.cli", "run", "configs/demo.yaml", "--flow", "curate",
+    cmd = [sys.executable, "-m", "flows.cli", "run", "configs/tiny.yaml", "--flow", "curate",
            "--set", f"workdir={workdir}", "--set", "corpus.demo_size=12", "--set", "decontam.enabled=false",
            "--set", "selection.budget=4", "--set", "pass_rate.max_tokens=16"]
     for s in sets:

@@ -16,7 +16,7 @@ SETS = ["corpus.demo_size=16", "scoring.shard_size=2", "pass_rate.enabled=false"
 
 
 def _cmd(workdir):
-    cmd = [sys.executable, "-m", "flows.cli", "run", "configs/demo.yaml", "--flow", "curate"]
+    cmd = [sys.executable, "-m", "flows.cli", "run", "configs/tiny.yaml", "--flow", "curate"]
     for s in SETS + [f"workdir={workdir}", f"model.tiny_dir={workdir.parent / 'models'}"]:
         cmd += ["--set", s]
     return cmd

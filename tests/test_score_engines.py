@@ -25,7 +25,7 @@ def test_score_stage_with_torch_and_vllm_engines(tmp_path, tiny_model):
     prev = StageResult("length_cap", str(path), "parent", samples.height, samples.height)
     out = {}
     for engine in ("torch", "vllm"):
-        settings = load_settings("configs/demo.yaml", {"workdir": str(tmp_path / engine), "scoring.engine": engine,
+        settings = load_settings("configs/tiny.yaml", {"workdir": str(tmp_path / engine), "scoring.engine": engine,
                                                        "scoring.top_k": 20, "scoring.shard_size": 2})
         reg = Registry(settings.registry_path, create=True)
         ctx = RunContext(settings, reg.start_run("curate", "t", {}, "h"), str(settings.registry_path))

@@ -106,6 +106,22 @@ def gsm_symbolic_questions() -> list[dict]:
     return rows
 
 
+def arithmetic_questions(size: int, seed: int = 0) -> list[dict]:
+    """The demo corpus's graded arithmetic and word problems (undercurve.demo), levels cycling:
+    questions a small real model answers with every degree of certainty."""
+    import random
+
+    from undercurve.demo import problem
+
+    rng, rows, seen = random.Random(seed), [], set()
+    while len(rows) < size:
+        question, _, answer = problem(len(rows) % 5, rng)
+        if question not in seen:
+            seen.add(question)
+            rows.append(_row(f"arith-{len(rows)}", question, str(answer)))
+    return rows
+
+
 def _pick(cols, names):
     return next((c for c in names if c in cols), None)
 
@@ -140,6 +156,8 @@ def load_questions(source: str, split: str = "test", limit: int | None = None, s
         rows = demo_questions(demo_size, seed, demo_mc_fraction)
     elif source == "gsm_symbolic":
         rows = gsm_symbolic_questions()
+    elif source == "arithmetic":
+        rows = arithmetic_questions(demo_size, seed)
     else:
         path = Path(source)
         if path.exists():

