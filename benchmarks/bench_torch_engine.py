@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from undercurve.scoring.torch_engine import TorchScorer, entropy_and_logprob  # noqa: E402
+from undercurve.scoring.torch_engine import TorchScorer, next_token_stats  # noqa: E402
 from undercurve.scoring.trajectory import Trajectory  # noqa: E402
 
 
@@ -105,7 +105,7 @@ def reference_positions(scorer, traj, positions):
     for t in positions:
         ids = torch.tensor([traj.prompt_ids + traj.response_ids[:t] + traj.suffix_ids], device=dev)
         h = scorer.base(input_ids=ids).last_hidden_state[0, -m:]
-        entropy_and_logprob(scorer.lm_head(h))
+        next_token_stats(scorer.lm_head(h))
 
 
 # ---------------------------------------------------------------- memory (child process)

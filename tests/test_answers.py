@@ -52,3 +52,15 @@ def test_equivalence_works_off_the_main_thread():
 
     with ThreadPoolExecutor(1) as pool:
         assert pool.submit(is_equivalent, "x+1", "1+x").result()
+
+
+@pytest.mark.parametrize("text, strict, lenient", [
+    ("12 + 26 = 38", None, "38"),
+    ("It is 1,234 apples, not -3.5", None, "-3.5"),
+    ("so \\boxed{7}, not 8", "7", "7"),  # a box always wins over the last number
+    ("steps\n#### 42\nthen 43", "42", "42"),
+    ("no numbers here", None, None),
+])
+def test_last_number_fallback_only_when_asked(text, strict, lenient):
+    assert extract_answer(text) == strict
+    assert extract_answer(text, last_number_fallback=True) == lenient

@@ -224,3 +224,14 @@ def test_pass1_is_parsed_from_real_evalscope_output(tmp_path):
     assert a24.pass1_mean == pytest.approx(0.75) and sorted(a24.per_repeat) == [0.5, 1.0]
     assert a25.pass1_mean == pytest.approx(1.0) and a25.per_repeat == [1.0, 1.0]
     assert a24.n_problems == 2 and a25.n_problems == 2
+
+
+def test_checkpoints_load_in_float32_on_a_cpu_unless_told(tmp_path):
+    """evalscope's default precision is float16, many times slower than float32 on a CPU."""
+    import torch
+
+    kw = task_config_kwargs("ckpt", {"aime24": tmp_path}, 1, EVAL_DEFAULTS, tmp_path)
+    expected = None if torch.cuda.is_available() else "torch.float32"
+    assert kw.get("model_args", {}).get("precision") == expected
+    mine = {**EVAL_DEFAULTS, "model_args": {"precision": "torch.bfloat16"}}
+    assert task_config_kwargs("ckpt", {"aime24": tmp_path}, 1, mine, tmp_path)["model_args"]["precision"] == "torch.bfloat16"

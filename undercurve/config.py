@@ -112,6 +112,9 @@ class PassRateSettings(_Strict):
     max_tokens: int = Field(1024, ge=1)
     shard_size: int = Field(256, ge=1)
     seed: int = 0
+    # a rollout without \boxed{} or '####' is judged by its last number (small models often
+    # answer in plain text); off: such a rollout counts as wrong, as in the paper
+    last_number_fallback: bool = False
 
 
 class SelectionSettings(_Strict):

@@ -95,6 +95,12 @@ def write_local_benchmark(records: Iterable[Mapping[str, Any]] | Any, out_dir: s
     return out
 
 
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def task_config_kwargs(model: str, benchmarks: Mapping[str, str | Path | None], repeats: int,
                        settings: Mapping[str, Any], work_dir: Path) -> dict[str, Any]:
     """JSON-serialisable evalscope TaskConfig arguments."""
@@ -117,8 +123,13 @@ def task_config_kwargs(model: str, benchmarks: Mapping[str, str | Path | None], 
         # transformers' generate() is greedy unless told otherwise: repeats would all be equal
         if gen.get("temperature", 0) and "do_sample" not in gen:
             gen["do_sample"] = True
-        if s["model_args"]:
-            kw["model_args"] = dict(s["model_args"])
+        model_args = dict(s["model_args"])
+        # evalscope loads checkpoints in float16 by default; on a CPU that is many times slower
+        # than float32 (no fp16 matmul units), so a CPU run gets float32 unless told otherwise
+        if "precision" not in model_args and not _has_cuda():
+            model_args["precision"] = "torch.float32"
+        if model_args:
+            kw["model_args"] = model_args
     elif s["eval_type"] == "openai_api":
         if not s["api_url"]:
             raise ValueError("eval_type openai_api needs settings['api_url'] (e.g. http://127.0.0.1:8000/v1)")

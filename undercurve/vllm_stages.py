@@ -59,7 +59,8 @@ def pass_rate_rollouts(df: pl.DataFrame, model: str, settings: dict, out_dir: st
               "pass_rate_output": str(out / "shards" / f"pass_rate-{i:05d}.parquet"),
               "n": settings["rollouts"], "temperature": settings["temperature"], "top_p": settings["top_p"],
               "max_tokens": settings["max_tokens"], "seed": settings["seed"],
-              "box_openers": settings["box_openers"]} for i, p in enumerate(inputs)]
+              "box_openers": settings["box_openers"], "last_number_fallback": settings["last_number_fallback"]}
+             for i, p in enumerate(inputs)]
     backend = sampling_backend(settings["engine"])
     log.info("pass_rate: %d samples x %d rollouts in %d shards (%s)", df.height, settings["rollouts"], len(steps), backend)
     if not steps:

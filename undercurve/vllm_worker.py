@@ -43,7 +43,7 @@ from undercurve.schema import SET_ASIDE_SCHEMA, set_aside_frame
 from undercurve.scoring.score import SCORE_SCHEMA, build_trajectories
 
 SAMPLING_DEFAULTS = {"n": 4, "temperature": 1.0, "top_p": 1.0, "max_tokens": 1024, "seed": 0, "batch_size": 64,
-                     "box_openers": list(DEFAULT_BOX_OPENERS)}
+                     "box_openers": list(DEFAULT_BOX_OPENERS), "last_number_fallback": False}
 SCORE_DEFAULTS = {
     "mode": "probe", "top_k": 20, "answer_prefix_tokens": 0, "probe_batch": 256, "batch_size": 32,
     "edis": {}, "box_openers": list(DEFAULT_BOX_OPENERS),  # edis: EdisParams fields (defaults in eas.py)
@@ -175,6 +175,8 @@ class Worker:
         s = {k: step.get(k, v) for k, v in defaults.items()}
         for perf_only in ("batch_size", "probe_batch"):  # chunking does not change results
             s.pop(perf_only, None)
+        if not s.get("last_number_fallback", True):  # off: the fingerprint of steps from before the option
+            s.pop("last_number_fallback")
         return s
 
     @staticmethod
@@ -212,7 +214,7 @@ class Worker:
         rows = []
         for r, outs in zip(records, sample(prompts, seeds, s, bs, name)):
             for k, (text, finish, n_tokens) in enumerate(outs):
-                ext = extract_answer(text, tuple(s["box_openers"]))
+                ext = extract_answer(text, tuple(s["box_openers"]), s.get("last_number_fallback", False))
                 rows.append({
                     "id": str(r["id"]), "rollout": k, "text": text, "extracted": ext,
                     "correct": is_equivalent(ext, r["answer"]) if has_answer else None,

@@ -12,12 +12,11 @@ from collections import Counter
 
 import polars as pl
 
-from undercurve.answers import extract_answer, is_equivalent, normalize_answer
+from undercurve.answers import extract_answer, is_equivalent, last_number, normalize_answer
 
 MISSING = "<no answer>"
 _LETTER = re.compile(r"^\(?\s*([A-Da-d])\s*[\).:]?(?:\s|$)")
 _ANSWER_IS = re.compile(r"answer\s*(?:is|:)\s*\(?\s*([A-D])\b", re.IGNORECASE)
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 _LONE_LETTER = re.compile(r"(?<![A-Za-z])([A-D])(?![A-Za-z])")
 OPTION_LETTERS = ("A", "B", "C", "D")
 
@@ -47,8 +46,7 @@ def extract(text: str, kind: str = "free", last_number_fallback: bool = True) ->
             letter = lone[-1] if lone else None
         return letter
     if ans is None and last_number_fallback:
-        nums = _NUMBER.findall(text or "")
-        ans = nums[-1] if nums else None
+        ans = last_number(text)
     return ans
 
 
