@@ -95,9 +95,9 @@ def _am_record(rid: str, p: dict) -> dict:
                                     {"role": "assistant", "content": content, "info": info}]}
 
 
-def _gsm8k_record(rid: str, p: dict) -> dict:
+def _gsm8k_record(rid: str, p: dict, instruction: bool = True) -> dict:
     cot = "\n".join(p["steps"]) + f"\n#### {p['answer']}"
-    return {"id": rid, "question": f"{p['question']} {INSTRUCTION}", "answer": cot}
+    return {"id": rid, "question": f"{p['question']} {INSTRUCTION}" if instruction else p["question"], "answer": cot}
 
 
 def write_demo_inputs(out_dir: str | Path, size: int = 48, seed: int = 0, bench_size: int = 24) -> tuple[Path, Path]:
@@ -121,7 +121,9 @@ def write_demo_inputs(out_dir: str | Path, size: int = 48, seed: int = 0, bench_
         if p["question"] not in seen:
             seen.add(p["question"])
             held_out.append(p)
-    bench_lines = [json.dumps(_gsm8k_record(f"bench-{i}", p) | {"level": p["level"]}) for i, p in enumerate(held_out)]
+    # the benchmark's own prompt template asks for the box: its questions are bare
+    bench_lines = [json.dumps(_gsm8k_record(f"bench-{i}", p, instruction=False) | {"level": p["level"]})
+                   for i, p in enumerate(held_out)]
     lines = [json.dumps(_gsm8k_record(f"demo-{i}", p) if i % 6 == 5 else _am_record(f"demo-{i}", p))
              for i, p in enumerate(train)]
     # planted contamination: the two word problems of the benchmark (long enough for 13-grams)

@@ -43,7 +43,8 @@ def from_lines(pattern: str, progress: Progress, total: int | None = None) -> Ca
     count = [0]
 
     def on_line(line: str) -> None:
-        m = rx.search(line)
+        # a progress bar redraws with \r inside one line: its last state counts
+        m = next(reversed(list(rx.finditer(line))), None)
         if not m:
             return
         if rx.groups >= 2:
@@ -58,4 +59,5 @@ def from_lines(pattern: str, progress: Progress, total: int | None = None) -> Ca
 # What the child jobs print when a unit of work is finished.
 VLLM_STEP_DONE = r"step \S+: (?:done in|outputs up to date)"
 SFT_STEP = r"global_step/max_steps': '(\d+)/(\d+)'"
-EVAL_SAMPLES = r"Running\[eval\]:.*?\|\s*(\d+)/(\d+)"
+# evalscope's bar ("Evaluating[aime24]:  40%|####  | 38/96 [...") and its log line ("... 40%| 38/96 [Elapsed")
+EVAL_SAMPLES = r"Evaluating\[[^\]]*\]:?\s+\d+%\|(?:[^|\r\n]*\|)?\s*(\d+)/(\d+)"
