@@ -98,6 +98,23 @@ def test_correlation_table():
     assert eas["r"] == pytest.approx(1.0) and eas["n"] == 4
     ppl = t.filter((pl.col("metric") == "ppl") & (pl.col("target") == "answer_entropy"))["r"][0]
     assert ppl == pytest.approx(np.corrcoef([0, 1, 2, 1.5], [4, 3, 2, 1])[0, 1])
+    assert ((t["r_low"] <= t["r"]) & (t["r"] <= t["r_high"])).all()
+
+
+def test_r_interval_matches_scipy_on_random_data():
+    """The Fisher z interval against scipy's own (a different implementation of the same rule)."""
+    from scipy import stats
+
+    from undercurve.validation.correlation import r_interval
+
+    rng = np.random.default_rng(4)
+    for n in (5, 30, 200):
+        x = rng.normal(size=n)
+        y = 0.5 * x + rng.normal(size=n)
+        res = stats.pearsonr(x, y)
+        ci = res.confidence_interval(0.95)
+        # float64 atanh/tanh of a value in (-1, 1): agreement to ~1e-12
+        assert r_interval(float(res.statistic), n) == pytest.approx((ci.low, ci.high), abs=1e-12)
 
 
 # ---------------------------------------------------------------- best-of-N

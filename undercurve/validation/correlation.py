@@ -1,4 +1,5 @@
-"""Pearson r (with its two-sided p-value, scipy) of each metric against answer entropy."""
+"""Pearson r (with its two-sided p-value, scipy, and a 95% interval) of each metric against
+answer entropy."""
 
 from __future__ import annotations
 
@@ -29,8 +30,20 @@ def pearson(x, y) -> tuple[float, float, int]:
     return float(res.statistic), float(res.pvalue), n
 
 
+def r_interval(r: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """The Fisher z interval of a Pearson r from n pairs: tanh(atanh(r) +- z_q / sqrt(n - 3));
+    NaN when n <= 3 or r is undefined."""
+    from scipy import stats
+
+    if n <= 3 or not math.isfinite(r):
+        return math.nan, math.nan
+    z, half = math.atanh(max(min(r, 1 - 1e-15), -1 + 1e-15)), stats.norm.ppf(0.5 + level / 2) / math.sqrt(n - 3)
+    return math.tanh(z - half), math.tanh(z + half)
+
+
 def correlation_table(df: pl.DataFrame, metrics=METRICS, targets=TARGETS) -> pl.DataFrame:
-    """One row per (metric, target): r, p, n. Missing columns are skipped."""
+    """One row per (metric, target): r, its 95% interval (r_low, r_high), p, n. Missing
+    columns are skipped."""
     rows = []
     for target in targets:
         if target not in df.columns:
@@ -40,8 +53,10 @@ def correlation_table(df: pl.DataFrame, metrics=METRICS, targets=TARGETS) -> pl.
                 continue
             r, p, n = pearson(df[m].cast(pl.Float64).fill_null(math.nan).to_numpy(),
                               df[target].cast(pl.Float64).fill_null(math.nan).to_numpy())
-            rows.append({"metric": m, "target": target, "r": r, "p": p, "n": n})
-    return pl.DataFrame(rows, schema={"metric": pl.Utf8, "target": pl.Utf8, "r": pl.Float64, "p": pl.Float64, "n": pl.Int64})
+            lo, hi = r_interval(r, n)
+            rows.append({"metric": m, "target": target, "r": r, "r_low": lo, "r_high": hi, "p": p, "n": n})
+    return pl.DataFrame(rows, schema={"metric": pl.Utf8, "target": pl.Utf8, "r": pl.Float64, "r_low": pl.Float64,
+                                      "r_high": pl.Float64, "p": pl.Float64, "n": pl.Int64})
 
 
 def regression_line(x, y) -> tuple[float, float] | None:

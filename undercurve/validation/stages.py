@@ -303,13 +303,17 @@ def report_markdown(s, stats, joined, corr, bon, topk, cands) -> str:
              f"mean answer entropy {_fmt(stats['answer_entropy'].mean())} bits; "
              f"mean correctness entropy {_fmt(stats['correctness_entropy'].mean())} bits.", "",
              "## Pearson r against answer entropy (paper Table 2, Figure 2)", "",
-             "| metric | r (answer entropy) | p | r (correctness entropy) | p | n |", "|---|---|---|---|---|---|"]
+             "| metric | r (answer entropy) [95% CI] | p | r (correctness entropy) [95% CI] | p | n |",
+             "|---|---|---|---|---|---|"]
     by = {(r["metric"], r["target"]): r for r in corr.to_dicts()}
+
+    def r_ci(x: dict | None) -> str:
+        return "n/a" if x is None else f"{_fmt(x['r'])} [{_fmt(x['r_low'])}, {_fmt(x['r_high'])}]"
+
     for m in ("eas", "mean_eas", "ppl", "length", "edis"):
         a, c = by.get((m, "answer_entropy")), by.get((m, "correctness_entropy"))
         if a:
-            lines.append(f"| {m} | {_fmt(a['r'])} | {_fmt(a['p'])} | {_fmt(c['r']) if c else 'n/a'} | "
-                         f"{_fmt(c['p']) if c else 'n/a'} | {a['n']} |")
+            lines.append(f"| {m} | {r_ci(a)} | {_fmt(a['p'])} | {r_ci(c)} | {_fmt(c['p']) if c else 'n/a'} | {a['n']} |")
     if bon.height:
         lines += ["", f"## Best-of-N accuracy (k = {s.best_of_n.k} kept, N = m x k)", "",
                   "| m | N | " + " | ".join(bon["strategy"].unique(maintain_order=True)) + " | questions |",
