@@ -61,6 +61,20 @@ def test_a_stop_token_ends_the_sample_and_is_not_kept(lm):
     assert cut.token_ids == free.token_ids[: free.token_ids.index(stop)]
 
 
+def test_finished_sequences_leave_the_batch_without_disturbing_the_others(lm):
+    """A sequence that stops early is dropped from the batch and its KV cache; the others must
+    continue exactly as if each had run alone."""
+    model, tok, prompts = lm
+    free = _run(model, tok, prompts, [0, 1, 2], n=1, temperature=0.0, max_tokens=10)
+    stop = free[0][0].token_ids[2]  # the first prompt stops after 3 tokens
+    batch = _run(model, tok, prompts, [0, 1, 2], n=1, temperature=0.0, max_tokens=10, stop_ids={stop}, batch_size=3)
+    alone = [_run(model, tok, [p], [seed], n=1, temperature=0.0, max_tokens=10, stop_ids={stop}, batch_size=1)[0]
+             for p, seed in zip(prompts, [0, 1, 2])]
+    assert [[s.token_ids for s in ss] for ss in batch] == [[s.token_ids for s in ss] for ss in alone]
+    lengths = {len(s.token_ids) for ss in batch for s in ss}
+    assert len(lengths) > 1 and min(lengths) < 10  # someone really left the batch early
+
+
 def test_worker_rollouts_on_the_hf_backend(tiny_model, tmp_path):
     """The same job and outputs as vLLM's rollouts; a rerun reuses them; another backend does not."""
     rows = [{"id": f"q{i}", "prompt": p, "answer": "7"} for i, p in enumerate(PROMPTS)]
