@@ -50,6 +50,12 @@ def test_pipeline_curates_trains_evaluates_and_reports(prefect_harness, tmp_path
     assert summary["strategy"].to_list() == ["base", "random", "eas"]
     assert (summary["pass1_low"] <= summary["pass1"]).all() and (summary["pass1"] <= summary["pass1_high"]).all()
     assert "Pass@1 % [95% CI]" in te_run["markdown"]
+    # what each signal cost: EAS one scoring pass, pass rate its rollouts, random nothing
+    costs = {r["strategy"]: r for r in te_run["costs"]}
+    assert (costs["random"]["model_stages"], costs["random"]["tokens"], costs["random"]["compute_seconds"]) == ("none", 0, 0)
+    assert costs["eas"]["model_stages"] == "score" and costs["eas"]["tokens"] > 0 and costs["eas"]["compute_seconds"] > 0
+    assert costs["pass_rate"]["model_stages"] == "pass_rate" and costs["pass_rate"]["tokens"] > 0
+    assert "compute seconds (this curate run)" in te_run["markdown"]
     # the random tiny model never solves a problem: every pass rate is 0, the pass_rate selection
     # is empty, and the comparison says so instead of dropping the strategy
     assert "`pass_rate`: skipped: its selection is empty" in te_run["markdown"]

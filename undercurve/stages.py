@@ -276,7 +276,8 @@ def score_merge(ctx: RunContext, prev: StageResult, shards: list[Shard]) -> Stag
     path = _sink_atomic(both.filter(~flagged).select(list(SUMMARY_SCHEMA)), d / "scores.parquet")
     if aside.height:
         write_parquet_atomic(aside, d / "set_aside.parquet")
-    extra = {"engine": "torch", "mode": ctx.settings.scoring.mode, "shards": len(shards)}
+    extra = {"engine": "torch", "mode": ctx.settings.scoring.mode, "shards": len(shards),
+             **_cost(_shard_seconds(ctx, "score"), pl.scan_parquet(path).select(pl.col("length").sum()).collect().item())}
     res = _record(ctx, "score", "scores", path, prev.rows_out, _parquet_rows(path), aside, [prev.artifact_id], extra)
     ctx.registry.add_artifact(ctx.run_id, "score", "entropies", d / "shards", res.rows_out, parents=[res.artifact_id],
                               meta={"parts": [str(p) for p in parts], "dtype": "float32"})
@@ -297,10 +298,11 @@ def score_stage(ctx: RunContext, prev: StageResult, model: str, progress=None) -
 
     settings = _score_settings(ctx, model)
     df = pl.read_parquet(prev.path)
-    scores, aside = score_with_vllm(df, settings, ctx.stage_dir("score") / "vllm", progress)
+    scores, aside, seconds = score_with_vllm(df, settings, ctx.stage_dir("score") / "vllm", progress)
     n_shards = (df.height + settings["shard_size"] - 1) // settings["shard_size"]
     return _finish(ctx, "score", scores, aside, df.height, prev, kind="scores",
-                   extra={"engine": "vllm", "mode": settings["mode"], "top_k": settings["top_k"], "shards": n_shards})
+                   extra={"engine": "vllm", "mode": settings["mode"], "top_k": settings["top_k"], "shards": n_shards,
+                          **_cost(seconds, int(scores["length"].sum()) if scores.height else 0)})
 
 
 def pass_rate_stage(ctx: RunContext, prev: StageResult, model: str, progress=None) -> StageResult:
@@ -311,10 +313,25 @@ def pass_rate_stage(ctx: RunContext, prev: StageResult, model: str, progress=Non
     pr = ctx.settings.pass_rate
     df = pl.read_parquet(prev.path)
     d = ctx.stage_dir("pass_rate")
-    rates, rollouts_path = pass_rate_rollouts(df, model, {**pr.model_dump(), "box_openers": ctx.settings.answers.box_openers},
-                                               d, ctx.settings.model.trust_remote_code, progress)
+    rates, rollouts_path, seconds = pass_rate_rollouts(
+        df, model, {**pr.model_dump(), "box_openers": ctx.settings.answers.box_openers}, d,
+        ctx.settings.model.trust_remote_code, progress)
+    generated = pl.scan_parquet(rollouts_path).select(pl.col("n_tokens").sum()).collect().item() or 0
     return _finish(ctx, "pass_rate", rates, _empty_aside(), df.height, prev, kind="pass_rates",
-                   extra={"rollouts": str(rollouts_path), "n": pr.rollouts})
+                   extra={"rollouts": str(rollouts_path), "n": pr.rollouts, **_cost(seconds, generated)})
+
+
+def _cost(seconds: float, tokens: int) -> dict:
+    """What a model stage cost, for the comparison's cost per strategy: seconds of compute in
+    this run (0 for work reused from an earlier run) and the tokens the model processed
+    (response tokens scored, or tokens generated), which do not depend on reuse."""
+    return {"compute_seconds": round(float(seconds), 3), "tokens": int(tokens or 0)}
+
+
+def _shard_seconds(ctx: RunContext, stage: str) -> float:
+    found = ctx.registry.query("SELECT coalesce(sum(seconds), 0) AS s FROM shard_runs "
+                               "WHERE run_id = ? AND stage = ? AND NOT skipped", [ctx.run_id, stage])
+    return float(found["s"][0])
 
 
 def model_stages(settings: Settings) -> set[str]:

@@ -138,7 +138,37 @@ def _artifact_id(reg, path: str | Path, kind_like: str) -> str | None:
     return found["artifact_id"][0] if found.height else None
 
 
-def comparison_report(ctx: RunContext, rows: list[dict], not_run: dict[str, str] | None = None) -> dict:
+def strategy_costs(ctx: RunContext, curate_run_id: str, strategies: list[str]) -> pl.DataFrame:
+    """What each strategy's signal cost in its curate run: the model stages it needs (EAS:
+    scoring; pass rate: rollouts; random and length: none), their compute seconds in that run
+    and the tokens the model processed. The paper's efficiency claim, as numbers."""
+    from undercurve.strategies import make
+
+    found = ctx.registry.query("SELECT stage, meta_json FROM artifacts WHERE run_id = ? AND kind IN ('scores', 'pass_rates')",
+                               [curate_run_id])
+    cost = {stage: json.loads(meta or "{}") for stage, meta in found.iter_rows()}
+    options = ctx.settings.selection.options
+    rows = []
+    for name in strategies:
+        stages = sorted(make(name, options.get(name)).stages())
+        rows.append({"strategy": name, "model_stages": "+".join(stages) or "none",
+                     "compute_seconds": sum(cost.get(st, {}).get("compute_seconds", 0.0) for st in stages),
+                     "tokens": sum(cost.get(st, {}).get("tokens", 0) for st in stages)})
+    return pl.DataFrame(rows, schema={"strategy": pl.Utf8, "model_stages": pl.Utf8, "compute_seconds": pl.Float64,
+                                      "tokens": pl.Int64})
+
+
+def cost_markdown(costs: pl.DataFrame) -> str:
+    lines = ["## What each strategy's signal cost (curation)", "",
+             "| strategy | model stages | compute seconds (this curate run) | tokens (scored or generated) |",
+             "|---|---|---|---|"]
+    lines += [f"| {r['strategy']} | {r['model_stages']} | {r['compute_seconds']:.1f} | {r['tokens']:,} |"
+              for r in costs.iter_rows(named=True)]
+    return "\n".join(lines) + "\n\nSeconds are 0 where the curate run reused results of an earlier run; tokens do not depend on reuse."
+
+
+def comparison_report(ctx: RunContext, rows: list[dict], not_run: dict[str, str] | None = None,
+                      costs: pl.DataFrame | None = None) -> dict:
     """Table 3 with intervals: a summary (Pass@1 and the difference to random, each with a
     bootstrap 95% interval; the base model as a row), then the per checkpoint and benchmark
     detail. Every strategy of the curate run appears: those without results with the reason."""
@@ -150,8 +180,11 @@ def comparison_report(ctx: RunContext, rows: list[dict], not_run: dict[str, str]
     md_path, csv_path = write_report(table, ctx.stage_dir("report"))
     summary_csv = ctx.stage_dir("report") / "summary.csv"
     summary.write_csv(summary_csv)
-    markdown = "\n\n".join(["# Strategy comparison: Average Pass@1 (%)", summary_markdown(summary),
-                             detail_markdown(table)]) + "\n"
+    parts = ["# Strategy comparison: Average Pass@1 (%)", summary_markdown(summary), detail_markdown(table)]
+    if costs is not None and costs.height:
+        parts.append(cost_markdown(costs))
+        costs.write_csv(ctx.stage_dir("report") / "costs.csv")
+    markdown = "\n\n".join(parts) + "\n"
     if not_run:
         markdown += "\n\nStrategies without a result:\n\n" + "\n".join(f"- `{s}`: {why}" for s, why in not_run.items()) + "\n"
     write_text_atomic(markdown, md_path)
@@ -159,4 +192,4 @@ def comparison_report(ctx: RunContext, rows: list[dict], not_run: dict[str, str]
     ctx.registry.add_artifact(ctx.run_id, "report", "comparison_csv", csv_path, table.height)
     ctx.registry.add_artifact(ctx.run_id, "report", "pass1_summary_csv", summary_csv, summary.height)
     return {"markdown": markdown, "md_path": str(md_path), "csv_path": str(csv_path),
-            "summary": summary.to_dicts()}
+            "summary": summary.to_dicts(), "costs": [] if costs is None else costs.to_dicts()}

@@ -47,8 +47,9 @@ def _engine_opts(settings: dict) -> dict:
 
 
 def pass_rate_rollouts(df: pl.DataFrame, model: str, settings: dict, out_dir: str | Path,
-                       trust_remote_code: bool = False, progress=None) -> tuple[pl.DataFrame, Path]:
-    """n rollouts per sample; -> (``id, n, n_correct, pass_rate`` per sample, rollouts Parquet).
+                       trust_remote_code: bool = False, progress=None) -> tuple[pl.DataFrame, Path, float]:
+    """n rollouts per sample; -> (``id, n, n_correct, pass_rate`` per sample, rollouts Parquet,
+    seconds the steps computed in this run).
 
     One worker job on the ``settings["engine"]`` backend (vLLM, or transformers on a CPU)."""
     out = Path(out_dir)
@@ -64,7 +65,7 @@ def pass_rate_rollouts(df: pl.DataFrame, model: str, settings: dict, out_dir: st
     backend = sampling_backend(settings["engine"])
     log.info("pass_rate: %d samples x %d rollouts in %d shards (%s)", df.height, settings["rollouts"], len(steps), backend)
     if not steps:
-        return pl.DataFrame(schema={"id": pl.Utf8, "n": pl.Int64, "n_correct": pl.Int64, "pass_rate": pl.Float64}), out
+        return pl.DataFrame(schema={"id": pl.Utf8, "n": pl.Int64, "n_correct": pl.Int64, "pass_rate": pl.Float64}), out, 0.0
     job = {"model": model, "steps": steps,
            "engine": _engine_opts({**settings, "backend": backend, "trust_remote_code": trust_remote_code})}
     result = run_vllm_job(job, out, name="rollouts", on_line=_step_progress(progress, len(steps)),
@@ -74,7 +75,12 @@ def pass_rate_rollouts(df: pl.DataFrame, model: str, settings: dict, out_dir: st
     rollouts = pl.concat([pl.read_parquet(s["output"]) for s in steps])
     rollouts_path = write_parquet_atomic(rollouts, out / "rollouts.parquet")
     rates = pl.concat([pl.read_parquet(s["pass_rate_output"]) for s in steps])
-    return rates, rollouts_path
+    return rates, rollouts_path, computed_seconds(result)
+
+
+def computed_seconds(result: dict) -> float:
+    """Seconds a worker job spent on the steps it computed (reused steps cost nothing now)."""
+    return float(sum(s["seconds"] for s in result["steps"] if not s.get("skipped")))
 
 
 def _step_progress(progress, n_steps: int):
@@ -84,8 +90,8 @@ def _step_progress(progress, n_steps: int):
 
 
 def score_with_vllm(df: pl.DataFrame, settings: dict, out_dir: str | Path,
-                    progress=None) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The paper's top-K path; -> (scores, set-aside rows)."""
+                    progress=None) -> tuple[pl.DataFrame, pl.DataFrame, float]:
+    """The paper's top-K path; -> (scores, set-aside rows, seconds computed in this run)."""
     out = Path(out_dir)
     (out / "shards").mkdir(parents=True, exist_ok=True)
     inputs = _write_input_shards(df, out / "shards", settings["shard_size"], ["id", "source", "prompt", "response", "answer"])
@@ -97,10 +103,10 @@ def score_with_vllm(df: pl.DataFrame, settings: dict, out_dir: str | Path,
     if not steps:
         from undercurve.scoring.score import SCORE_SCHEMA
 
-        return pl.DataFrame(schema=SCORE_SCHEMA), pl.DataFrame(schema=SET_ASIDE_SCHEMA)
+        return pl.DataFrame(schema=SCORE_SCHEMA), pl.DataFrame(schema=SET_ASIDE_SCHEMA), 0.0
     job = {"model": settings["model"], "engine": _engine_opts(settings), "steps": steps}
     log.info("score: %d samples in %d shards (vLLM top-%d, %s)", df.height, len(steps), settings["top_k"], settings["mode"])
-    run_vllm_job(job, out, name="score", on_line=_step_progress(progress, len(steps)))
+    result = run_vllm_job(job, out, name="score", on_line=_step_progress(progress, len(steps)))
     scores = pl.concat([pl.read_parquet(s["output"]) for s in steps], how="diagonal_relaxed")
     aside = pl.concat([pl.read_parquet(s["set_aside_output"]) for s in steps], how="diagonal_relaxed")
-    return scores, aside
+    return scores, aside, computed_seconds(result)
