@@ -7,7 +7,7 @@ export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 
-.PHONY: setup demo test bench gsm8k-data server clean
+.PHONY: setup demo test validate bench gsm8k-data server clean
 
 setup: $(VENV)/.installed $(VLLM_VENV)/.installed
 
@@ -31,6 +31,11 @@ $(VLLM_VENV)/.installed: requirements/vllm.txt requirements/vllm.lock
 
 demo: setup
 	$(VENV)/bin/undercurve run configs/demo.yaml
+
+# The metric validation on the demo's real model: 200 graded problems x 8 samples (~30 min on
+# 2 CPU cores; not part of CI). Results: runs/validate-smollm2/analysis/report.md.
+validate: setup
+	$(VENV)/bin/undercurve run configs/validate_smollm2.yaml --flow validate
 
 # Random test order every run (pytest-randomly); the seed is printed so a failure replays
 # with `make test TEST_SEED=N`.

@@ -27,6 +27,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from tasks.links import flow_run_url
+
 EXIT_BAD_SETTINGS = 2
 EXIT_NOT_FOUND = 1
 
@@ -218,24 +220,9 @@ def _open_registry(path: str | None, config: str):
     return reg
 
 
-def prefect_ui_url() -> str:
-    """Where the Prefect dashboard is: PREFECT_UI_URL, else Prefect's own settings (derived from
-    PREFECT_API_URL or the active profile), else the local `make server`, whose database also
-    keeps the runs of the temporary server a run without PREFECT_API_URL starts."""
-    url = os.environ.get("PREFECT_UI_URL")
-    if not url:
-        from prefect.settings import get_current_settings
-
-        settings = get_current_settings()
-        url = settings.ui_url or settings.server.ui.api_url.removesuffix("/api")
-    return url.rstrip("/")
-
-
 def _with_dashboard_urls(runs: list[dict]) -> list[dict]:
     """Each run row plus ``dashboard_url`` (None where no Prefect flow run was recorded)."""
-    base = prefect_ui_url() if any(r["prefect_flow_run_id"] for r in runs) else None
-    return [{**r, "dashboard_url": f"{base}/runs/flow-run/{r['prefect_flow_run_id']}" if r["prefect_flow_run_id"] else None}
-            for r in runs]
+    return [{**r, "dashboard_url": flow_run_url(r["prefect_flow_run_id"])} for r in runs]
 
 
 def _run_row(reg, run_id: str) -> dict:

@@ -7,10 +7,12 @@ from prefect import flow
 
 from flows.curate import curate
 from flows.train_eval import train_eval
+from tasks.pipeline import pipeline_report
 
 
 @flow(name="pipeline")
 def pipeline(config: str | None = "configs/demo.yaml", overrides: dict | None = None) -> dict:
     curated = curate(config, overrides)
     evaluated = train_eval(config, overrides, curate_run_id=curated["run_id"])
+    pipeline_report(curated, evaluated)  # the parent run links its children and repeats their key tables
     return {"curate": curated, "train_eval": evaluated}

@@ -50,7 +50,7 @@ def _train_eval(ctx, settings, curate_run_id: str | None) -> dict:
     not_run = {s: "skipped: its selection is empty (e.g. no pass rate strictly between 0 and 1)" for s in skipped}
     not_run |= {s: "failed: see the run's log and the registry" for s in failed}
     report = t.report(ctx, rows, not_run, source_run, list(selections)) if rows else {}
-    summary = {"curate_run_id": source_run, "failed": failed, "skipped_empty": skipped, **report}
+    summary = {"run_id": ctx.run_id, "curate_run_id": source_run, "failed": failed, "skipped_empty": skipped, **report}
     c.finish_run_status(ctx, "FAILED" if failed else "COMPLETED", summary)
     if failed:
         raise RuntimeError(f"train/eval failed for {failed}; results of the others are in the registry")

@@ -56,6 +56,13 @@ def test_pipeline_curates_trains_evaluates_and_reports(prefect_harness, tmp_path
     assert costs["eas"]["model_stages"] == "score" and costs["eas"]["tokens"] > 0 and costs["eas"]["compute_seconds"] > 0
     assert costs["pass_rate"]["model_stages"] == "pass_rate" and costs["pass_rate"]["tokens"] > 0
     assert "compute seconds (this curate run)" in te_run["markdown"]
+    # the parent run's own artifact links both children and repeats their key tables
+    from tasks.pipeline import pipeline_markdown
+
+    md = pipeline_markdown(out["curate"], te_run)
+    assert md.count("/runs/flow-run/") == 2 and out["curate"]["run_id"] in md and te_id in md
+    assert "| ingest |" in md and "| eas |" in md
+    assert md in _artifacts("pipeline-report")  # and it is in Prefect, under the parent run
     # the random tiny model never solves a problem: every pass rate is 0, the pass_rate selection
     # is empty, and the comparison says so instead of dropping the strategy
     assert "`pass_rate`: skipped: its selection is empty" in te_run["markdown"]
@@ -69,3 +76,16 @@ def test_pipeline_curates_trains_evaluates_and_reports(prefect_harness, tmp_path
             UNION SELECT l.parent_id FROM lineage l JOIN up ON l.child_id = up.id)
         SELECT DISTINCT a.kind FROM up JOIN artifacts a ON a.artifact_id = up.id""", [te_id])
     assert {"eval_report:eas:aime24", "checkpoint:eas", "swift_jsonl:eas", "selection:eas", "samples"} <= set(chain["kind"])
+
+
+def _artifacts(key: str) -> list[str]:
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def read():
+        async with get_client() as client:
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+
+    return [a.data for a in asyncio.run(read())]
