@@ -17,6 +17,7 @@ import pytest
 from conftest import have_vllm
 
 from undercurve.answers import is_equivalent
+from undercurve.scoring.score import entropy_curve
 from undercurve.vllm_runtime import VllmEnvironmentMissing, run_vllm_job, vllm_python
 
 K = 20
@@ -112,7 +113,7 @@ def test_rollouts_and_pass_rate(vllm_job):
 @pytest.mark.parametrize("mode", ["plain", "probe"])
 def test_topk_within_truncation_bound(vllm_job, torch_rows, mode):
     d = vllm_job["dir"]
-    rows = pl.read_parquet(d / f"{mode}.parquet").to_dicts()
+    rows = pl.read_parquet(d / f"{mode}.parquet").with_columns(entropy_curve()).to_dicts()
     aside = pl.read_parquet(d / f"{mode}_aside.parquet")
     assert [r["id"] for r in rows] == ["a", "b", "c"] and aside["id"].to_list() == ["x"]
     truncated_somewhere = False
@@ -136,7 +137,8 @@ def test_topk_within_truncation_bound(vllm_job, torch_rows, mode):
 @needs_vllm
 @pytest.mark.parametrize("mode", ["plain", "probe"])
 def test_full_vocab_matches_exact(vllm_job, torch_rows, mode):
-    (r,) = pl.read_parquet(vllm_job["dir"] / ("full.parquet" if mode == "plain" else "full_probe.parquet")).to_dicts()
+    (r,) = pl.read_parquet(vllm_job["dir"] / ("full.parquet" if mode == "plain" else "full_probe.parquet")
+                           ).with_columns(entropy_curve()).to_dicts()
     exact = torch_rows[(mode, r["id"])]
     np.testing.assert_allclose(r["entropy"], exact["entropy"], atol=1e-4)  # per position: same t indexing
     np.testing.assert_allclose(r["plain_entropy"], exact["plain_entropy"], atol=1e-4)
