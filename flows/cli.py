@@ -6,6 +6,7 @@
     undercurve show RUN_ID                                   a run's artifacts and lineage
     undercurve compare                                       selection sizes per strategy across runs
     undercurve open RUN_ID [--browser]                       a run's page in the Prefect dashboard
+    undercurve cache [prune --max-gb X | --older-than-days D | --all]   content-keyed results
 
 Tables have colours on a terminal only (never with NO_COLOR); `--json` is for scripts.
 Exit codes: 0 ok, 1 failed run / unknown run / missing registry, 2 bad settings or usage,
@@ -312,6 +313,62 @@ def open_run(run_id: RunIdArg, registry: RegistryOpt = None, config: ReadConfigO
 # ------------------------------------------------------------------------------- rendering
 _NO_WRAP = {"run_id", "artifact_id", "status", "started_at", "finished_at"}  # ids and times stay whole
 _STATUS_STYLE = {"COMPLETED": "green", "RUNNING": "cyan", "CANCELLED": "yellow", "FAILED": "red", "CRASHED": "red"}
+
+
+# ------------------------------------------------------------------ the result cache
+cache_app = typer.Typer(no_args_is_help=False, help="Per-sample results keyed by content, shared by every run of "
+                        "a workdir: show what is kept, prune it.")
+app.add_typer(cache_app, name="cache")
+CacheDirOpt = Annotated[Optional[str], typer.Option("--dir", help="cache folder (default: from --config)")]
+
+
+def _cache_dir(directory: str | None, config: str):
+    from pathlib import Path
+
+    from undercurve.config import ConfigError, load_settings
+
+    try:
+        path = Path(directory) if directory else load_settings(config).cache_dir
+    except ConfigError as e:
+        _fail(f"bad settings: {e}", EXIT_BAD_SETTINGS)
+    if not path.is_dir():
+        _fail(f"no cache at {path} (nothing has been computed there yet)", EXIT_NOT_FOUND)
+    return path
+
+
+@cache_app.callback(invoke_without_command=True)
+def cache(ctx: typer.Context, directory: CacheDirOpt = None, config: ReadConfigOpt = "configs/demo.yaml",
+          as_json: JsonOpt = False) -> None:
+    """What the cache holds: one row per kind of result and settings fingerprint."""
+    if ctx.invoked_subcommand:
+        return
+    from undercurve.cache import describe
+
+    rows = describe(_cache_dir(directory, config)).to_dicts()
+    if as_json:
+        _print_json({"cache": rows})
+        return
+    _console().print(_table("cache", rows))
+
+
+@cache_app.command("prune")
+def cache_prune(max_gb: Annotated[Optional[float], typer.Option(help="evict least recently used beyond this")] = None,
+                older_than_days: Annotated[Optional[float], typer.Option(help="evict what no run used for this long")] = None,
+                everything: Annotated[bool, typer.Option("--all", help="evict everything")] = False,
+                directory: CacheDirOpt = None, config: ReadConfigOpt = "configs/demo.yaml",
+                as_json: JsonOpt = False) -> None:
+    """Evict results; the next run recomputes what it needs of them."""
+    from undercurve.cache import prune
+
+    if max_gb is None and older_than_days is None and not everything:
+        _fail("say what to prune: --max-gb, --older-than-days or --all", EXIT_BAD_SETTINGS)
+    out = prune(_cache_dir(directory, config), max_bytes=0 if everything else
+                (None if max_gb is None else int(max_gb * 2**30)),
+                older_than_s=None if older_than_days is None else older_than_days * 86400)
+    if as_json:
+        _print_json({"pruned": [out]})
+        return
+    _console().print(_table("pruned", [out]))
 
 
 def _print_json(tables: dict[str, list[dict]]) -> None:

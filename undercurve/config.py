@@ -117,6 +117,17 @@ class PassRateSettings(_Strict):
     last_number_fallback: bool = False
 
 
+class CacheSettings(_Strict):
+    """Per-sample results (scores, rollouts) keyed by content, shared by every run of the
+    workdir: a nightly run recomputes only the samples it has not seen (``undercurve cache``)."""
+
+    enabled: bool = True
+    dir: str | None = None  # default: <workdir>/cache
+    # after each curate run, evict least recently used results beyond this size (never the
+    # run's own); null: keep everything
+    max_gb: float | None = Field(None, gt=0)
+
+
 class SelectionSettings(_Strict):
     budget: int = Field(5000, ge=1)
     # built-in names (undercurve/strategies/) or custom ones as "package.module:Class"
@@ -262,9 +273,15 @@ class Settings(RunSettings):
     decontam: DecontamSettings = Field(default_factory=DecontamSettings)
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
     pass_rate: PassRateSettings = Field(default_factory=PassRateSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
     selection: SelectionSettings = Field(default_factory=SelectionSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
+
+    @property
+    def cache_dir(self) -> Path:
+        """Where content-keyed results live (shared by every run of the workdir)."""
+        return Path(self.cache.dir) if self.cache.dir else Path(self.workdir) / "cache"
 
 
     @model_validator(mode="after")

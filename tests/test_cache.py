@@ -1,0 +1,93 @@
+"""The content-keyed result cache: keys follow content, parts are verified before reuse,
+eviction is least-recently-used and never takes what a run holds."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import polars as pl
+import pytest
+
+from undercurve.cache import KEY, ResultCache, content_keys, describe, model_identity, prune, row_key
+
+
+def _samples(tmp_path, rows):
+    path = tmp_path / "samples.parquet"
+    pl.DataFrame(rows, schema={"id": pl.Utf8, "source": pl.Utf8, "prompt": pl.Utf8, "response": pl.Utf8}) \
+        .write_parquet(path)
+    return path
+
+
+def test_keys_follow_content_not_id_or_position(tmp_path):
+    rows = [{"id": f"r{i}", "source": "s", "prompt": f"p{i}", "response": f"a{i}"} for i in range(50)]
+    a = pl.read_parquet(content_keys(_samples(tmp_path, rows), ["prompt", "response"], tmp_path / "a.parquet",
+                                     batch_rows=7))
+    moved = [{**r, "id": f"x{i}"} for i, r in enumerate(reversed(rows))]
+    b = pl.read_parquet(content_keys(_samples(tmp_path, moved), ["prompt", "response"], tmp_path / "b.parquet"))
+    assert a.columns == ["id", "source", KEY] and a.height == 50
+    assert a[KEY].to_list() == b[KEY].to_list()[::-1]  # same content, same key, whatever the id or order
+    assert a[KEY].n_unique() == 50
+    # the key is the slow, obvious hash of the fields, field boundaries and nulls included
+    assert a[KEY][3] == row_key(["p3", "a3"])
+    assert row_key(["ab", "c"]) != row_key(["a", "bc"])
+    assert row_key([None, "x"]) != row_key(["", "x"])
+
+
+def test_part_round_trip_and_verification(tmp_path):
+    cache = ResultCache.open(tmp_path / "cache", "score", {"model": "m", "mode": "plain"})
+    keys = ["k1", "k2"]
+    main = pl.DataFrame({KEY: keys, "eas": [1.0, 2.0]})
+    side = pl.DataFrame({KEY: keys, "plain_entropy": [[0.5], [0.25, 0.75]]})
+    part = cache.write(keys, main, {"entropies": side})
+    assert part == cache.part_path(["k2", "k1"])  # a part is named by its set of keys
+    assert cache.parts() == [part]
+    idx = cache.index([part]).collect()
+    assert sorted(idx[KEY].to_list()) == keys
+    assert cache.rows([part], "entropies").collect().sort(KEY)["plain_entropy"].to_list() == [[0.5], [0.25, 0.75]]
+    # an edited side table: the whole part is no longer trusted
+    side_path = cache.part_path(keys, "entropies")
+    side_path.write_bytes(side_path.read_bytes()[:-10])
+    assert cache.parts() == []
+    # another settings fingerprint is another folder
+    assert ResultCache.open(tmp_path / "cache", "score", {"model": "m", "mode": "probe"}).root != cache.root
+
+
+def test_model_identity_is_content(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        d.mkdir()
+        (d / "config.json").write_text('{"x": 1}')
+        (d / "model.safetensors").write_bytes(b"weights")
+    memo = tmp_path / "memo.json"
+    assert model_identity(str(a), memo) == model_identity(str(b), memo)  # same files elsewhere
+    (b / "model.safetensors").write_bytes(b"other weights")
+    assert model_identity(str(a), memo) != model_identity(str(b), memo)  # replaced in place
+    assert model_identity("org/name") == "hub:org/name"
+
+
+def test_prune_lru_and_keep(tmp_path):
+    cache = ResultCache.open(tmp_path / "c", "score", {"s": 1})
+    parts = []
+    for i in range(3):
+        keys = [f"k{i}"]
+        parts.append(cache.write(keys, pl.DataFrame({KEY: keys, "v": [float(i)] * 1})))
+        t = time.time() - 1000 * (3 - i)  # part 0 used longest ago
+        os.utime(parts[-1].with_suffix(".fp"), (t, t))
+    one = sum(f.stat().st_size for f in cache.root.glob("part-*")) / 3
+    info = describe(tmp_path / "c")
+    assert info.height == 1 and info["parts"][0] == 3
+    # evict to two parts' size, but part 0 (the oldest) is held by a run: part 1 goes
+    out = prune(tmp_path / "c", max_bytes=int(2 * one + 1), keep=[parts[0]])
+    assert out["parts_removed"] == 1
+    assert cache.parts() == sorted([parts[0], parts[2]])
+    cache.touch([parts[0]])
+    out = prune(tmp_path / "c", older_than_s=500)
+    assert out["parts_removed"] == 1 and cache.parts() == [parts[0]]  # recently touched stays
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_index_of_nothing(tmp_path, n):
+    cache = ResultCache.open(tmp_path, "k", {})
+    parts = [cache.write(["a"], pl.DataFrame({KEY: ["a"]}))][:n]
+    assert cache.index(parts).collect().height == n
