@@ -89,6 +89,7 @@ def prepare(workdir: Path, args: dict) -> dict:
     import polars as pl
 
     from undercurve import stages
+    from undercurve.io import write_parquet_atomic
     from undercurve.scoring import score
 
     ctx = _context(workdir, args)
@@ -100,10 +101,11 @@ def prepare(workdir: Path, args: dict) -> dict:
         "prompt": [f"Question {i}: what is {i} + {i}?" for i in range(n)],
         "response": [f"<think>{i} + {i} = {2 * i}</think> The answer is \\boxed{{{2 * i}}}." for i in range(n)],
         "answer": [str(2 * i) for i in range(n)], "answer_source": "field", "n_tokens": tokens})
-    path = stages.write_parquet_atomic(samples, ctx.stage_dir("length_cap") / "samples.parquet")
+    path = write_parquet_atomic(samples, ctx.stage_dir("length_cap") / "samples.parquet")
     prev = stages.StageResult("length_cap", str(path), "bench", n, n)
     score.score_frame = _synthetic_score_frame(args)
-    stages._torch_scorer = lambda key: None  # no model
+    # the module that calls _torch_scorer: undercurve/stages/score.py since the package split
+    sys.modules.get("undercurve.stages.score", stages)._torch_scorer = lambda key: None  # no model
     t0 = time.perf_counter()
     shards = stages.score_plan(ctx, prev, "synthetic")
     for s in shards:

@@ -1,0 +1,108 @@
+"""What every stage shares: its ``StageResult``, the atomic writes, the row-balance check and
+the registry record (``_finish`` / ``_record``), a model stage's cost, and the run summary."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from undercurve.io import write_parquet_atomic
+from undercurve.run import RunContext
+from undercurve.schema import SET_ASIDE_SCHEMA
+
+log = logging.getLogger("undercurve")
+
+
+@dataclass
+class StageResult:
+    stage: str
+    path: str
+    artifact_id: str
+    rows_in: int
+    rows_out: int
+    set_aside: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _finish(ctx: RunContext, stage: str, out: pl.DataFrame, aside: pl.DataFrame, rows_in: int,
+            parent: StageResult | None, kind: str = "samples", extra: dict | None = None,
+            parents: list[str] | None = None) -> StageResult:
+    """Write output + set-aside, check the row balance, record artifacts and lineage."""
+    d = ctx.stage_dir(stage)
+    path = write_parquet_atomic(out, d / f"{kind}.parquet")
+    if aside.height:
+        write_parquet_atomic(aside.select(list(SET_ASIDE_SCHEMA)), d / "set_aside.parquet")
+    ids = list(parents or ([parent.artifact_id] if parent else []))
+    return _record(ctx, stage, kind, path, rows_in, out.height, aside, ids, extra)
+
+
+def _record(ctx: RunContext, stage: str, kind: str, path: Path, rows_in: int, kept: int, aside: pl.DataFrame,
+            parents: list[str], extra: dict | None) -> StageResult:
+    """Check the row balance and record a written stage output (and its set-aside rows,
+    already in ``<stage>/set_aside.parquet``) with lineage in the registry."""
+    if kept + aside.height != rows_in:
+        raise AssertionError(f"{stage}: rows in {rows_in} != kept {kept} + set aside {aside.height}")
+    reg = ctx.registry
+    aid = reg.add_artifact(ctx.run_id, stage, kind, path, kept, parents=parents, meta=extra)
+    if aside.height:
+        reg.add_artifact(ctx.run_id, stage, "set_aside", path.parent / "set_aside.parquet", aside.height, parents=parents)
+        reg.add_set_aside(ctx.run_id, stage, aside)
+    log.info("%s: %d in, %d kept, %d set aside -> %s", stage, rows_in, kept, aside.height, path)
+    return StageResult(stage, str(path), aid, rows_in, kept, aside.height, extra or {})
+
+
+def _empty_aside() -> pl.DataFrame:
+    return pl.DataFrame(schema=SET_ASIDE_SCHEMA)
+
+
+def _sink_atomic(lf: pl.LazyFrame, path: Path) -> Path:
+    """``write_parquet_atomic`` for a lazy frame: streamed to a temp name, then renamed."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    lf.sink_parquet(tmp, compression="zstd", statistics=True)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def _parquet_rows(path: Path) -> int:
+    return pl.scan_parquet(path).select(pl.len()).collect().item()  # from the footer
+
+
+def _cost(seconds: float, tokens: int) -> dict:
+    """What a model stage cost, for the comparison's cost per strategy: seconds of compute in
+    this run (0 for work reused from an earlier run) and the tokens the model processed
+    (response tokens scored, or tokens generated), which do not depend on reuse."""
+    return {"compute_seconds": round(float(seconds), 3), "tokens": int(tokens or 0)}
+
+
+def _shard_seconds(ctx: RunContext, stage: str) -> float:
+    found = ctx.registry.query("SELECT coalesce(sum(seconds), 0) AS s FROM shard_runs "
+                               "WHERE run_id = ? AND stage = ? AND NOT skipped", [ctx.run_id, stage])
+    return float(found["s"][0])
+
+
+def run_summary(ctx: RunContext, results: list[StageResult]) -> dict:
+    """Rows per stage and the accounting identity rows in = kept + set aside, end to end."""
+    table = [{"stage": r.stage if r.stage != "select" else f"select:{r.extra['strategy']}",
+              "rows_in": r.rows_in, "kept": r.rows_out, "set_aside": r.set_aside, "path": r.path}
+             for r in results]
+    filters = [r for r in results if r.stage in ("ingest", "decontaminate", "length_cap", "score")]
+    summary = {"run_id": ctx.run_id, "run_dir": str(ctx.run_dir.resolve()),
+               "registry": str(Path(ctx.registry_path).resolve()), "stages": table}
+    if filters:
+        first = filters[0].rows_in
+        kept = filters[-1].rows_out
+        aside = sum(r.set_aside for r in filters)
+        summary["accounting"] = {"rows_in": first, "kept": kept, "set_aside": aside, "balanced": first == kept + aside}
+    summary["selections"] = {r.extra["strategy"]: r.extra["jsonl"] for r in results if r.stage == "select"}
+    return summary
