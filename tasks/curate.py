@@ -14,6 +14,7 @@ from prefect import get_run_logger, runtime, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from tasks.figures import artifact_key, figure_markdown
 from tasks.progress import artifact
 from undercurve import stages
 from undercurve.config import ScoringSettings, Settings
@@ -120,17 +121,35 @@ def select(ctx: RunContext, feats: StageResult, samples: StageResult, strategy: 
 @task(name="finish-run", **_opts)
 def finish_run(ctx: RunContext, status: str, results: list[StageResult]) -> dict:
     from undercurve.explain import curation_markdown
+    from undercurve.figures import curation_figures, markdown_links
     from undercurve.io import write_text_atomic
 
     summary = stages.run_summary(ctx, results)
-    report = curation_markdown(summary, list(summary["selections"]))
+    strategies = list(summary["selections"])
+    figs = curation_figures(ctx.run_dir, strategies)  # never raises: a failed figure is "missing, because"
+    summary["figures"] = {name: str(f.path) for name, f in figs.items() if f.path}
+    report = curation_markdown(summary, strategies) + "\n" + markdown_links(figs)
     summary["report"] = str(write_text_atomic(report, ctx.run_dir / "curation.md").resolve())
     ctx.registry.finish_run(ctx.run_id, status, summary)
     create_table_artifact(key="curation-summary", table=summary["stages"],
                           description=f"undercurve run {ctx.run_id}: rows per stage")
     create_markdown_artifact(key="curation-report", markdown=report,
                              description="Rows per stage, set-aside reasons with examples, what each strategy chose")
+    _figure_artifacts(figs)
     return summary
+
+
+def _figure_artifacts(figs: dict) -> None:
+    """One markdown artifact per figure (``undercurve.figures.Figure``); none can fail the run."""
+    log = get_run_logger()
+    for name, fig in figs.items():
+        if fig.missing:
+            log.info("figure %s: %s", name, fig.missing)
+        try:
+            create_markdown_artifact(key=artifact_key("curation-fig", name), description=fig.title,
+                                     markdown=figure_markdown(name, fig.path, fig.title, fig.missing))
+        except Exception:
+            log.exception("figure %s: artifact not created", name)
 
 
 @task(name="record-status", **_opts)

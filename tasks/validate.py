@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import base64
-from pathlib import Path
-
 import tasks  # noqa: F401  (logging environment before Prefect loads)
 from prefect import get_run_logger, runtime, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -15,6 +12,7 @@ from undercurve.run import RunContext
 from undercurve.validation import stages
 from undercurve.validation.config import ValidateSettings
 from tasks.curate import _opts
+from tasks.figures import artifact_key, figure_markdown
 
 FIGURE_TEXT = {
     "entropy_curve": "Figure 1: the probe entropy H_t along one response; the shaded area is its EAS.",
@@ -80,15 +78,10 @@ def figures(ctx: RunContext, ent: dict, scores: dict, sig: dict, analysis: dict)
                              analysis["paths"]["best_of_n"])
     if ctx.settings.plots.artifacts:
         for name, path in out.items():
-            create_markdown_artifact(key=f"validation-fig-{name.replace('_', '-')}", markdown=figure_markdown(name, path),
-                                     description=FIGURE_TEXT.get(name, name))
+            text = FIGURE_TEXT.get(name, name)
+            create_markdown_artifact(key=artifact_key("validation-fig", name), description=text,
+                                     markdown=figure_markdown(name, path, text))
     return out
-
-
-def figure_markdown(name: str, path: str) -> str:
-    """The PNG embedded as a data URI, so the Prefect UI shows it without a file server."""
-    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return f"### {FIGURE_TEXT.get(name, name)}\n\n![{name}](data:image/png;base64,{data})\n\nFile: `{path}`\n"
 
 
 @task(name="finish-validate-run", **_opts)

@@ -172,3 +172,31 @@ def test_the_run_explains_itself(curated):
     rand_ids = set(pl.read_parquet(workdir / "demo" / "select" / "random.parquet")["id"])
     jaccard = len(rand_ids & set(eas_ids)) / len(rand_ids | set(eas_ids))
     assert any(line.startswith("| random | eas |") and f"{jaccard:.3g}" in line for line in report.splitlines())
+
+
+def test_the_run_draws_its_figures(curated):
+    """finish-run: one PNG per signal and per strategy's entropy curves, in curation.md and as
+    Prefect artifacts with the PNG embedded."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    workdir, summary = curated
+    run_dir = workdir / "demo"
+    figs = summary["figures"]
+    assert {"scores-eas", "scores-pass_rate", "entropy-eas", "entropy-random"} <= set(figs)
+    report = (run_dir / "curation.md").read_text()
+    assert "## Figures" in report and "(figures/entropy-eas.png)" in report
+    empty = {s for s in ("eas", "length", "random", "pass_rate")
+             if pl.read_parquet(run_dir / "select" / f"{s}.parquet").is_empty()}  # pass_rate can be, in the demo
+    missing = [line for line in report.splitlines() if "figure missing" in line]
+    assert sorted(missing) == [f"entropy-{s}: figure missing: the selection is empty" for s in sorted(empty)], missing
+
+    async def markdown(key):
+        async with get_client() as client:
+            arts = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+            return [a.data for a in arts]
+
+    data = asyncio.run(markdown("curation-fig-entropy-eas"))
+    assert data and "data:image/png;base64," in data[-1] and figs["entropy-eas"] in data[-1]
