@@ -44,7 +44,7 @@ def curate(config: str | None = "configs/demo.yaml", overrides: dict | None = No
         if "score" in needed and scores_in_shards(settings.scoring):
             shards = t.score_plan(ctx, cap, inputs["model"])
             score_shards.with_options(task_runner=t.shard_runner(settings.scoring))(ctx, shards, inputs["model"])
-            scores = t.score_merge(ctx, cap, shards)
+            scores = t.score_merge(ctx, cap, shards, inputs["model"])
         elif "score" in needed:
             scores = t.score(ctx, cap, inputs["model"])
         rates = (t.pass_rate(ctx, cap, inputs["model"])

@@ -96,8 +96,8 @@ def score_shard(ctx: RunContext, shard: Shard, model: str) -> bool:
 
 
 @task(name="score-merge", **_opts)
-def score_merge(ctx: RunContext, prev: StageResult, shards: list[Shard]) -> StageResult:
-    return stages.score_merge(ctx, prev, shards)
+def score_merge(ctx: RunContext, prev: StageResult, shards: list[Shard], model: str) -> StageResult:
+    return stages.score_merge(ctx, prev, shards, model)
 
 
 @task(name="pass-rate", retries=1, **_opts)

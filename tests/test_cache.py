@@ -46,7 +46,7 @@ def test_part_round_trip_and_verification(tmp_path):
     assert sorted(idx[KEY].to_list()) == keys
     assert cache.rows([part], "entropies").collect().sort(KEY)["plain_entropy"].to_list() == [[0.5], [0.25, 0.75]]
     # an edited side table: the whole part is no longer trusted
-    side_path = cache.part_path(keys, "entropies")
+    side_path = cache.side_path(part, "entropies")
     side_path.write_bytes(side_path.read_bytes()[:-10])
     assert cache.parts() == []
     # another settings fingerprint is another folder

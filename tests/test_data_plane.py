@@ -6,6 +6,8 @@ is within u * |h| of h, u = eps32 / 2 = 2**-24 (the unit roundoff). Summaries ar
 float64 before storage, so they carry no float32 rounding at all.
 """
 
+import json
+
 import numpy as np
 import polars as pl
 import pytest
@@ -68,17 +70,14 @@ def scored_run(tmp_path, tiny_model):
 def test_scores_split_into_summary_and_float32_entropies(scored_run, monkeypatch):
     ctx, prev, model = scored_run
     score_dir = ctx.run_dir / "score"
-    stale = score_dir / "shards" / "entropies-00007.parquet"  # from an earlier run with more shards
-    stale.parent.mkdir(parents=True)
-    stale.write_bytes(b"stale")
     res = score_stage(ctx, prev, model)
     scores = pl.read_parquet(res.path)
     assert scores.schema == pl.Schema(SUMMARY_SCHEMA) and not _lists(scores)
-    assert not stale.exists()
-    parts = sorted((score_dir / "shards").glob("entropies-*.parquet"))
-    assert len(parts) == 2
-    for p in parts:  # the per-token table: id + float32 lists, no duplicate curve in plain mode
-        assert pl.read_parquet_schema(p) == pl.Schema(TOKEN_SCHEMA)
+    parts = [score_dir / p for p in json.loads((score_dir / "entropies.json").read_text())["parts"]]
+    assert len(parts) == 2  # two shards, each one cache part
+    for p in parts:  # the per-token table: content key + float32 lists, no duplicate curve in plain mode
+        assert pl.read_parquet_schema(p) == pl.Schema({"key": pl.Utf8, **{c: t for c, t in TOKEN_SCHEMA.items()
+                                                                           if c != "id"}})
     tokens = scan_entropies(score_dir).collect().join(scores, on="id")
     assert tokens.height == scores.height == 3
     assert tokens["suffix_entropy"].null_count() == 3  # plain mode
@@ -101,18 +100,20 @@ def test_scores_split_into_summary_and_float32_entropies(scored_run, monkeypatch
     assert feats.join(scores, on="id")["eas"].equals(feats.join(scores, on="id")["eas_right"], check_names=False)
 
 
-def test_a_deleted_entropies_part_is_recomputed(scored_run):
+def test_a_damaged_entropies_part_is_recomputed(scored_run):
     ctx, prev, model = scored_run
     score_stage(ctx, prev, model)
-    shards = ctx.run_dir / "score" / "shards"
-    before = {p.name: p.stat().st_mtime_ns for p in shards.glob("shard-*.parquet")}
-    (shards / "entropies-00001.parquet").unlink()
+    score_dir = ctx.run_dir / "score"
+    sides = [score_dir / p for p in json.loads((score_dir / "entropies.json").read_text())["parts"]]
+    mains = [p.with_name(p.name.replace(".entropies", "")) for p in sides]
+    before = [p.stat().st_mtime_ns for p in mains]
+    sides[1].write_bytes(sides[1].read_bytes()[:-7])  # truncated
     score_stage(ctx, prev, model)
-    after = {p.name: p.stat().st_mtime_ns for p in shards.glob("shard-*.parquet")}
-    assert after["shard-00000.parquet"] == before["shard-00000.parquet"]  # verified, reused
-    assert after["shard-00001.parquet"] != before["shard-00001.parquet"]  # its part was missing
-    assert (shards / "entropies-00001.parquet").exists()
-    assert scan_entropies(ctx.run_dir / "score").collect().height == 3
+    after = [p.stat().st_mtime_ns for p in mains]
+    assert after[0] == before[0]  # verified, reused
+    assert after[1] != before[1]  # its entropies failed their hash: the part was recomputed
+    assert scan_entropies(score_dir).collect().height == 3
+    assert scan_entropies(score_dir, ids=[pl.read_parquet(score_dir / "scores.parquet")["id"][2]]).collect().height == 1
 
 
 def test_features_from_a_scores_file_with_lists_keep_summaries_only(scored_run):
@@ -128,7 +129,6 @@ def test_features_from_a_scores_file_with_lists_keep_summaries_only(scored_run):
     assert not _lists(feats) and set(feats.columns) == {"id", "n_tokens", "eas", "mean_eas", "ppl", "edis", "edis_exact"}
     # and the curve reader finds the lists there when the scores file holds them
     with_lists.replace(ctx.run_dir / "score" / "scores.parquet")
-    for part in (ctx.run_dir / "score" / "shards").glob("entropies-*.parquet"):
-        part.unlink()
+    (ctx.run_dir / "score" / "entropies.json").unlink()
     assert scan_entropies(ctx.run_dir / "score").collect().sort("id")["entropy"].to_list() == \
         tokens.lazy().with_columns(entropy_curve()).collect().sort("id")["entropy"].to_list()

@@ -31,24 +31,25 @@ def _env():
 
 def test_sigkill_mid_scoring_then_resume(prefect_harness, tmp_path):
     killed, clean = tmp_path / "killed", tmp_path / "clean"
-    shards = killed / "demo" / "score" / "shards"
+    parts = killed / "cache" / "score"  # the content-keyed cache: one part per shard scored
+    pending = killed / "demo" / "score" / "pending"
     proc = subprocess.Popen(_cmd(killed), cwd=REPO, env=_env(), start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while time.time() < deadline and len(list(shards.glob("*.fp"))) < 2:
+    while time.time() < deadline and len(list(parts.glob("*/part-*.fp"))) < 2:
         assert proc.poll() is None, "the run ended before it could be killed"
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    done_before = {p.name: p.stat().st_mtime_ns for p in shards.glob("shard-*.parquet")
+    done_before = {p: p.stat().st_mtime_ns for p in parts.glob("*/part-*.parquet")
                    if p.with_suffix(".fp").exists()}
-    n_inputs = len(list(shards.glob("input-*.parquet")))
+    n_inputs = len(list(pending.glob("input-*.parquet")))
     assert 2 <= len(done_before) < n_inputs, "kill did not land in the middle of scoring"
     assert not (killed / "demo" / "score" / "scores.parquet").exists()
 
     subprocess.run(_cmd(killed), cwd=REPO, env=_env(), check=True, capture_output=True)
-    for name, mtime in done_before.items():
-        assert (shards / name).stat().st_mtime_ns == mtime, f"{name} was recomputed"
+    for part, mtime in done_before.items():
+        assert part.stat().st_mtime_ns == mtime, f"{part.name} was recomputed"
 
     subprocess.run(_cmd(clean), cwd=REPO, env=_env(), check=True, capture_output=True)
     a = pl.read_parquet(killed / "demo" / "score" / "scores.parquet")

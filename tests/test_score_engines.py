@@ -44,7 +44,7 @@ def test_score_stage_with_torch_and_vllm_engines(tmp_path, tiny_model):
 
     for engine, scores in out.items():
         assert "entropy" not in scores.columns
-        (score_dir,) = (tmp_path / engine).glob("*/score")
+        score_dir = tmp_path / engine / "demo" / "score"  # tiny.yaml's run_name
         curves = scan_entropies(score_dir).collect().sort("id")
         assert curves["id"].to_list() == scores["id"].to_list()
         assert curves.select(list(TOKEN_SCHEMA)).schema == pl.Schema(TOKEN_SCHEMA)

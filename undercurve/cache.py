@@ -112,10 +112,9 @@ class ResultCache:
             write_text_atomic(json.dumps(settings, sort_keys=True, indent=1, default=str), root / "settings.json")
         return cls(root)
 
-    def part_path(self, keys: Sequence[str], table: str | None = None) -> Path:
+    def part_path(self, keys: Sequence[str]) -> Path:
         """Where the part computing exactly these keys lives (the same keys: the same part)."""
-        name = f"part-{fingerprint(sorted(keys))}"
-        return self.root / (f"{name}.parquet" if table is None else f"{name}.{table}.parquet")
+        return self.root / f"part-{fingerprint(sorted(keys))}.parquet"
 
     def part_fingerprint(self, part: str | Path) -> str:
         return f"{self.root.name}:{Path(part).name}"
@@ -124,8 +123,9 @@ class ResultCache:
         """Store one computed part: every file atomically, the marker last."""
         from undercurve.io import write_parquet_atomic
 
-        path = write_parquet_atomic(main, self.part_path(keys))
-        files = [path] + [write_parquet_atomic(df, self.part_path(keys, t)) for t, df in (side or {}).items()]
+        path = self.part_path(keys)
+        files = [write_parquet_atomic(df, self.side_path(path, t)) for t, df in (side or {}).items()]
+        files.append(write_parquet_atomic(main, path))
         write_marker(marker(path), self.part_fingerprint(path), files)
         return path
 
@@ -155,9 +155,15 @@ class ResultCache:
         return (pl.scan_parquet(parts, include_file_paths="part").select(KEY, "part")
                 .unique(KEY, keep="first", maintain_order=True))
 
+    @staticmethod
+    def side_path(part: str | Path, table: str) -> Path:
+        """A part's side table: ``part-X.parquet`` -> ``part-X.<table>.parquet``."""
+        part = Path(part)
+        return part.with_name(f"{part.stem}.{table}.parquet")
+
     def rows(self, parts: list[Path], table: str | None = None) -> pl.LazyFrame:
         """The parts' rows (or one side table's), lazily; one row per key."""
-        files = parts if table is None else [p.with_name(p.name.replace(".parquet", f".{table}.parquet")) for p in parts]
+        files = parts if table is None else [self.side_path(p, table) for p in parts]
         return pl.scan_parquet(files).unique(KEY, keep="first", maintain_order=True)
 
     def touch(self, parts: list[Path]) -> None:

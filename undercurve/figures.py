@@ -123,7 +123,7 @@ def entropy_curves(run_dir: Path, strategies: list[str], n: int = 3) -> dict[str
     picks = {s: _ends(sel, n) for s, sel in _selections(run_dir, strategies).items()}
     ids = sorted({i for p in picks.values() for i, _, _ in p})
     wanted = pl.col("id").is_in(ids)
-    curves = dict(scan_entropies(score_dir).filter(wanted).select("id", "entropy").collect().iter_rows())
+    curves = dict(scan_entropies(score_dir, ids).select("id", "entropy").collect().iter_rows())
     if not curves:
         return {"entropy": Figure("Entropy curves", missing="no entropy curves: the score stage stored no entropies")}
     summ = pl.scan_parquet(score_dir / "scores.parquet").select("id", "T", "mode").filter(wanted).collect()

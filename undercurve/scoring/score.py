@@ -116,19 +116,36 @@ def score_frame(df: pl.DataFrame, settings: dict, scorer=None) -> tuple[pl.DataF
     return pl.DataFrame(rows, schema=SCORE_SCHEMA), aside
 
 
-def scan_entropies(score_dir) -> pl.LazyFrame:
-    """A curate run's per-token table, lazily: ``id, plain_entropy, suffix_entropy, entropy``.
+def scan_entropies(score_dir, ids=None) -> pl.LazyFrame:
+    """A curate run's per-token table, lazily: ``id, plain_entropy, suffix_entropy, entropy``
+    (only ``ids`` when given: then only the cache parts holding them are read).
 
-    ``score_dir`` is ``<run_dir>/score``. The torch stage keeps one part per shard
-    (``shards/entropies-NNNNN.parquet``, written once by the shard that scored it); the vLLM
-    stage keeps the lists in ``scores.parquet`` itself."""
+    ``score_dir`` is ``<run_dir>/score``. The torch stage's entropies live in the result cache,
+    stored once for every run that scored the same content; ``entropies.json`` names the parts
+    this run reads and ``keys.parquet`` maps its ids to their content keys. The vLLM stage
+    keeps the lists in ``scores.parquet`` itself."""
+    import json
     from pathlib import Path
 
     score_dir = Path(score_dir)
     merged = score_dir / "scores.parquet"
+    manifest = score_dir / "entropies.json"
     if merged.exists() and "plain_entropy" in pl.read_parquet_schema(merged):
         lf = pl.scan_parquet(merged)
+        if ids is not None:
+            lf = lf.filter(pl.col("id").is_in(list(ids)))
+    elif manifest.exists():
+        parts = [score_dir / p for p in json.loads(manifest.read_text())["parts"]]
+        keys = pl.scan_parquet(score_dir / "keys.parquet").select("id", "key")
+        if ids is not None:
+            keys = keys.filter(pl.col("id").is_in(list(ids)))
+            wanted = keys.select("key").collect()["key"].implode()
+            tokens = pl.scan_parquet(parts).filter(pl.col("key").is_in(wanted)) if parts else None
+        else:
+            tokens = pl.scan_parquet(parts) if parts else None
+        if tokens is None:
+            return pl.LazyFrame(schema=TOKEN_SCHEMA).with_columns(entropy_curve())
+        lf = keys.join(tokens.unique("key", keep="first"), on="key", how="inner", maintain_order="left")
     else:
-        parts = sorted((score_dir / "shards").glob("entropies-*.parquet"))
-        lf = pl.scan_parquet(parts) if parts else pl.LazyFrame(schema=TOKEN_SCHEMA)
+        lf = pl.LazyFrame(schema=TOKEN_SCHEMA)
     return lf.select(list(TOKEN_SCHEMA)).with_columns(entropy_curve())

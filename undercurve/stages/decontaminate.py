@@ -22,7 +22,7 @@ def decontaminate_stage(ctx: RunContext, prev: StageResult, demo_benchmark: str 
     settings = {k: v for k, v in d.model_dump(exclude={"enabled"}).items() if v is not None}
     if demo_benchmark and "gsm8k" not in settings["local_paths"]:
         settings["local_paths"] = {**settings["local_paths"], "gsm8k": demo_benchmark}
-    settings["cache_dir"] = settings.get("cache_dir") or str(Path(ctx.settings.workdir) / "cache" / "decontam")
+    settings["cache_dir"] = settings.get("cache_dir") or str(ctx.settings.cache_dir / "decontam")
     kept, removed, report = decontaminate(df, settings)
     audit = write_parquet_atomic(removed, ctx.stage_dir("decontaminate") / "removed_audit.parquet")
     res = _finish(ctx, "decontaminate", kept, removed.select(list(SET_ASIDE_SCHEMA)), df.height, prev,

@@ -6,13 +6,15 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import polars as pl
 
-from undercurve.io import Shard, outputs_verified, plan_shards, write_marker, write_parquet_atomic
+from undercurve.cache import KEY, ResultCache, content_keys, model_identity
+from undercurve.io import Shard, write_parquet_atomic, write_text_atomic
 from undercurve.run import RunContext
 from undercurve.stages.result import (
     StageResult,
@@ -35,13 +37,49 @@ def _score_settings(ctx: RunContext, model: str) -> dict:
             "trust_remote_code": ctx.settings.model.trust_remote_code}
 
 
+# What a sample's score depends on (``scoring.trajectory.build_trajectory`` reads these), and
+# the version of the scoring code: bump it when a change alters any stored number.
+SCORE_FIELDS = ("prompt", "response", "answer")
+SCORE_VERSION = 1
+
+
+def score_cache(ctx: RunContext, model: str) -> ResultCache:
+    """Where this run's scores are kept: by content, for the model's files and every setting
+    that changes a score; shared by every run of the workdir (``cache.enabled: false``: this
+    run's own folder)."""
+    root = ctx.settings.cache_dir if ctx.settings.cache.enabled else ctx.run_dir / "cache"
+    settings = {k: v for k, v in _score_settings(ctx, model).items() if k not in ("model", "shard_size")}
+    return ResultCache.open(root, "score", {**settings, "version": SCORE_VERSION,
+                                            "model_identity": model_identity(model, root / "model-hashes.json")})
+
+
 def score_plan(ctx: RunContext, prev: StageResult, model: str) -> list[Shard]:
-    """Shards of the exact torch scorer; each can run on any worker, in any order."""
-    settings = _score_settings(ctx, model)
-    df = pl.read_parquet(prev.path)
-    shards = plan_shards(df, ctx.stage_dir("score") / "shards", settings["shard_size"], settings=settings)
-    done = sum(s.done() for s in shards)
-    log.info("score: %d samples in %d shards, %d already done", df.height, len(shards), done)
+    """Shards of the samples the cache has no score for; each can run on any worker, in any order.
+
+    Every row is keyed by its content (``keys.parquet``: id, source, key). Rows whose key a
+    verified cache part holds are reused, whatever their position, id or run; the rest, one
+    row per distinct key, are cut into shards of ``scoring.shard_size``. Streams: the corpus
+    is never in memory."""
+    d = ctx.stage_dir("score")
+    cache = score_cache(ctx, model)
+    keys = content_keys(prev.path, SCORE_FIELDS, d / "keys.parquet")
+    todo = (pl.scan_parquet(keys).join(cache.index(cache.parts()), on=KEY, how="anti")
+            .unique(KEY, keep="first", maintain_order=True).select("id", KEY))
+    pending = _sink_atomic(pl.scan_parquet(prev.path).join(todo, on="id", how="inner", maintain_order="left"),
+                           d / "pending.parquet")
+    n_todo, size = _parquet_rows(pending), ctx.settings.scoring.shard_size
+    shards = []
+    for i, start in enumerate(range(0, n_todo, size)):
+        part = pl.scan_parquet(pending).slice(start, size).collect()
+        out = cache.part_path(part[KEY].to_list())
+        inp = write_parquet_atomic(part, d / "pending" / f"input-{i:05d}.parquet")
+        shards.append(Shard(i, str(inp), str(out), cache.part_fingerprint(out)))
+    for stale in (d / "pending").glob("input-*.parquet"):
+        if stale.name not in {Path(s.input_path).name for s in shards}:
+            stale.unlink()
+    n_rows = _parquet_rows(keys)
+    log.info("score: %d samples, %d scored before (cache %s), %d to score in %d shards",
+             n_rows, n_rows - n_todo, cache.root, n_todo, len(shards))
     return shards
 
 
@@ -57,19 +95,17 @@ def _torch_scorer(settings_json: str):
 
 
 def score_shard(ctx: RunContext, shard: Shard, model: str) -> bool:
-    """Score one shard (skipped if already done); returns True when skipped.
-
-    Two outputs: ``shard-NNNNN.parquet`` (per-sample summaries and set-aside rows) and
-    ``entropies-NNNNN.parquet`` (per-token entropies, float32). The marker vouches for both."""
+    """Score one shard into its cache part (skipped if the part is already there, verified);
+    returns True when skipped. A part is summaries and set-aside rows (``part-X.parquet``)
+    plus per-token entropies (``part-X.entropies.parquet``, float32), vouched for by one marker."""
     t0 = time.perf_counter()
-    skipped, note = _shard_done(shard), None
+    cache = ResultCache(Path(shard.output_path).parent)
+    skipped, note = cache.done(shard.output_path), None
     if not skipped:
-        # this input and settings were scored before, yet an output fails its recorded hash
-        # (truncated, edited, deleted) or predates the entropies part
-        if shard.tampered() or outputs_verified(shard.marker, shard.fingerprint, [shard.output_path]):
-            log.warning("score: shard %d outputs fail verification: recomputing", shard.index)
+        if shard.tampered():  # computed before, yet a file fails its recorded hash
+            log.warning("score: shard %d cache part fails verification: recomputing", shard.index)
             note = "output failed verification: recomputed"
-        _score_shard_files(shard, _score_settings(ctx, model))
+        _score_shard_files(cache, shard, _score_settings(ctx, model))
     seconds = time.perf_counter() - t0
     log.info("score: shard %d %s", shard.index, "already done, skipped" if skipped else f"scored in {seconds:.1f}s")
     ctx.registry.add_rows("shard_runs", ctx.run_id, pl.DataFrame([{
@@ -78,32 +114,25 @@ def score_shard(ctx: RunContext, shard: Shard, model: str) -> bool:
     return skipped
 
 
-def _entropy_part(shard: Shard) -> Path:
-    return Path(shard.output_path).with_name(f"entropies-{shard.index:05d}.parquet")
-
-
-def _shard_done(shard: Shard) -> bool:
-    """Both outputs exist with the hashes the marker recorded (``Shard.done`` checks one)."""
-    return outputs_verified(shard.marker, shard.fingerprint, [shard.output_path, _entropy_part(shard)])
-
-
-def _score_shard_files(shard: Shard, settings: dict) -> None:
-    """Score one shard's input and write its two outputs, the marker last."""
+def _score_shard_files(cache: ResultCache, shard: Shard, settings: dict) -> None:
+    """Score one shard's input and store it as one cache part (keyed rows, the marker last)."""
     from undercurve.scoring.score import score_frame, split_scores
 
     scorer_key = json.dumps({k: settings[k] for k in ("model", "device", "dtype", "batch_tokens", "edis")},
                             sort_keys=True)
-    scores, aside_rows = score_frame(pl.read_parquet(shard.input_path), settings, scorer=_torch_scorer(scorer_key))
+    df = pl.read_parquet(shard.input_path)
+    scores, aside_rows = score_frame(df, settings, scorer=_torch_scorer(scorer_key))
     summary, tokens = split_scores(scores)
     del scores
-    write_parquet_atomic(tokens, _entropy_part(shard))
-    write_parquet_atomic(_with_aside(summary, aside_rows), shard.output_path)
-    write_marker(shard.marker, shard.fingerprint, [shard.output_path, _entropy_part(shard)])
+    key_of = df.select("id", KEY)
+    def keyed(df_: pl.DataFrame) -> pl.DataFrame:  # the content key replaces the run's id
+        return df_.join(key_of, on="id", how="left").select(KEY, pl.exclude(KEY, "id", "source"))
+
+    cache.write(key_of[KEY].to_list(), keyed(_with_aside(summary, aside_rows)), {"entropies": keyed(tokens)})
 
 
 def worker_identity() -> str:
     """host:pid, plus the Dask worker's address when a Dask worker runs this."""
-    import os
     import socket
 
     who = f"{socket.gethostname()}:{os.getpid()}"
@@ -115,34 +144,51 @@ def worker_identity() -> str:
         return who
 
 
-def score_merge(ctx: RunContext, prev: StageResult, shards: list[Shard]) -> StageResult:
-    """Stream the shards' summaries into ``scores.parquet`` (never every shard in memory).
-
-    The per-token entropies stay where their shard wrote them, once: the
-    ``shards/entropies-NNNNN.parquet`` parts, read with ``scoring.score.scan_entropies``."""
+def score_merge(ctx: RunContext, prev: StageResult, shards: list[Shard], model: str) -> StageResult:
+    """This run's ``scores.parquet``: its rows (``keys.parquet``) joined with the cache parts on
+    their key, streamed (never every part in memory). Per-token entropies stay in the cache,
+    stored once; ``entropies.json`` names the parts this run reads and ``keys.parquet`` maps
+    its ids to their keys (``scoring.score.scan_entropies`` reads both)."""
     from undercurve.scoring.score import SUMMARY_SCHEMA
 
-    missing = [s.index for s in shards if not _shard_done(s)]
+    cache = score_cache(ctx, model)
+    missing = [s.index for s in shards if not cache.done(s.output_path)]
     if missing:
         raise RuntimeError(f"score: shards {missing} are not finished")
     d = ctx.stage_dir("score")
-    parts = [_entropy_part(s) for s in shards]
-    _drop_stale_entropy_parts(d / "shards", parts)
-    both = pl.scan_parquet([s.output_path for s in shards]) if shards else pl.LazyFrame(schema=SUMMARY_SCHEMA)
-    if ASIDE_FLAG not in both.collect_schema().names():
-        both = both.with_columns(*[pl.lit(None, pl.Utf8).alias(c) for c in (ASIDE_FLAG, "source", "detail")])
+    parts = cache.parts()
+    keys = pl.scan_parquet(d / "keys.parquet")
+    used = keys.join(cache.index(parts), on=KEY, how="inner").select("part").unique().collect()["part"].to_list()
+    rows = keys.join(cache.rows([Path(p) for p in used]) if used else _no_parts(), on=KEY, how="left",
+                     maintain_order="left")
+    unscored = rows.filter(pl.col("eas").is_null() & pl.col(ASIDE_FLAG).is_null()).select(pl.len()).collect().item()
+    if unscored:
+        raise RuntimeError(f"score: {unscored} samples have no score in {cache.root} (a part was removed mid-run?)")
     flagged = pl.col(ASIDE_FLAG).is_not_null()
-    aside = both.filter(flagged).select(
+    aside = rows.filter(flagged).select(
         "id", "source", pl.lit("score").alias("stage"), pl.col(ASIDE_FLAG).alias("reason"), "detail").collect()
-    path = _sink_atomic(both.filter(~flagged).select(list(SUMMARY_SCHEMA)), d / "scores.parquet")
+    path = _sink_atomic(rows.filter(~flagged).select(list(SUMMARY_SCHEMA)), d / "scores.parquet")
+    (d / "set_aside.parquet").unlink(missing_ok=True)
     if aside.height:
         write_parquet_atomic(aside, d / "set_aside.parquet")
+    cache.touch([Path(p) for p in used])
+    side = [os.path.relpath(cache.side_path(p, "entropies").resolve(), d.resolve()) for p in sorted(used)]
+    manifest = write_text_atomic(json.dumps({"parts": side, "cache": str(cache.root)}, indent=1), d / "entropies.json")
+    n_rows, n_computed = prev.rows_out, sum(_parquet_rows(Path(s.input_path)) for s in shards)
     extra = {"engine": "torch", "mode": ctx.settings.scoring.mode, "shards": len(shards),
+             "rows_computed": n_computed, "rows_reused": n_rows - n_computed, "cache": str(cache.root),
              **_cost(_shard_seconds(ctx, "score"), pl.scan_parquet(path).select(pl.col("length").sum()).collect().item())}
-    res = _record(ctx, "score", "scores", path, prev.rows_out, _parquet_rows(path), aside, [prev.artifact_id], extra)
-    ctx.registry.add_artifact(ctx.run_id, "score", "entropies", d / "shards", res.rows_out, parents=[res.artifact_id],
-                              meta={"parts": [str(p) for p in parts], "dtype": "float32"})
+    res = _record(ctx, "score", "scores", path, n_rows, _parquet_rows(path), aside, [prev.artifact_id], extra)
+    ctx.registry.add_artifact(ctx.run_id, "score", "entropies", manifest, res.rows_out, parents=[res.artifact_id],
+                              meta={"parts": side, "dtype": "float32"})
     return res
+
+
+def _no_parts() -> pl.LazyFrame:
+    from undercurve.scoring.score import SUMMARY_SCHEMA
+
+    return pl.LazyFrame(schema={**{c: t for c, t in SUMMARY_SCHEMA.items() if c != "id"}, ASIDE_FLAG: pl.Utf8,
+                                "detail": pl.Utf8, KEY: pl.Utf8})
 
 
 def score_stage(ctx: RunContext, prev: StageResult, model: str, progress=None) -> StageResult:
@@ -154,7 +200,7 @@ def score_stage(ctx: RunContext, prev: StageResult, model: str, progress=None) -
         shards = score_plan(ctx, prev, model)
         for shard in shards:
             score_shard(ctx, shard, model)
-        return score_merge(ctx, prev, shards)
+        return score_merge(ctx, prev, shards, model)
     from undercurve.vllm_stages import score_with_vllm  # the paper's top-K path
 
     settings = _score_settings(ctx, model)
@@ -177,12 +223,3 @@ def _with_aside(scores: pl.DataFrame, aside_rows: list[dict]) -> pl.DataFrame:
          "source": [r.get("source") for r in aside_rows], "detail": [str(r.get("detail") or "") for r in aside_rows]},
         schema={"id": pl.Utf8, ASIDE_FLAG: pl.Utf8, "source": pl.Utf8, "detail": pl.Utf8})
     return pl.concat([scores, aside], how="diagonal_relaxed")
-
-
-def _drop_stale_entropy_parts(shard_dir: Path, keep: list[Path]) -> None:
-    """Parts of shards an earlier run of this name had and this one has not (the shard
-    count shrank): left alone they would be read as this run's entropies."""
-    names = {p.name for p in keep}
-    for stale in shard_dir.glob("entropies-*.parquet"):
-        if stale.name not in names:
-            stale.unlink()

@@ -1,0 +1,80 @@
+"""A nightly run scores only what it has not seen: results are keyed by content, not by row
+position, id or run name (the real torch score stage, tiny model)."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from undercurve.config import load_settings
+from undercurve.registry import Registry
+from undercurve.run import RunContext
+from undercurve.scoring import score as score_mod
+from undercurve.scoring.score import scan_entropies
+from undercurve.stages import StageResult, score_stage
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    from undercurve.demo import write_demo_inputs
+    from undercurve.ingest import ingest
+
+    path, _ = write_demo_inputs(tmp_path / "inputs", size=12, seed=5)
+    samples, _ = ingest(str(path))
+    return samples.filter(pl.col("id").str.starts_with("demo")).head(9).with_columns(n_tokens=pl.lit(10, pl.Int64))
+
+
+def _run(tmp_path, name, samples, model, spy, **overrides):
+    path = tmp_path / f"{name}.parquet"
+    samples.write_parquet(path)
+    settings = load_settings("configs/tiny.yaml", {"workdir": str(tmp_path / "w"), "run_name": name,
+                                                   "scoring.mode": "plain", "scoring.shard_size": 2, **overrides})
+    reg = Registry(settings.registry_path, create=True)
+    ctx = RunContext(settings, reg.start_run("curate", name, {}, "h"), str(settings.registry_path))
+    spy.clear()
+    res = score_stage(ctx, StageResult("length_cap", str(path), "parent", samples.height, samples.height), model)
+    return res, pl.read_parquet(res.path), ctx.run_dir / "score"
+
+
+def test_reordered_corpus_with_new_rows_scores_only_the_new_rows(tmp_path, tiny_model, corpus, monkeypatch):
+    scored: list[str] = []
+    real = score_mod.score_frame
+
+    def spy(df, *a, **k):
+        scored.extend(df["id"].to_list())
+        return real(df, *a, **k)
+
+    monkeypatch.setattr(score_mod, "score_frame", spy)
+    first, held = corpus.head(6), corpus.tail(3)
+    res1, s1, dir1 = _run(tmp_path, "night-1", first, str(tiny_model), scored)
+    assert sorted(scored) == sorted(first["id"].to_list()) and res1.extra["rows_computed"] == 6
+
+    # night 2, another run name: one row dropped, the rest shuffled, 3 new rows, one old row
+    # edited under its old id, one old row's content again under a new id
+    edited = first[1].with_columns(pl.col("response") + " Checked again.")
+    copy = first[2].with_columns(pl.lit("copy-of-2").alias("id"))
+    night2 = pl.concat([first[3], held, first[5], edited, first[4], copy, first[2]])
+    res2, s2, dir2 = _run(tmp_path, "night-2", night2, str(tiny_model), scored)
+    new = sorted(held["id"].to_list() + [edited["id"][0]])
+    assert sorted(scored) == new  # only the new and the edited content went through the model
+    assert res2.extra["rows_computed"] == 4 and res2.extra["rows_reused"] == night2.height - 4
+    assert s2.height == night2.height and s2["id"].to_list() == night2["id"].to_list()  # the run's order
+    # reused scores are the first night's, exactly; the copy carries its original's score
+    common = s2.join(s1, on="id", how="inner", suffix="_1").filter(pl.col("id") != edited["id"][0])
+    assert common.height == 4 and (common["eas"] == common["eas_1"]).all() and (common["T"] == common["T_1"]).all()
+    eas = dict(zip(s2["id"], s2["eas"]))
+    assert eas["copy-of-2"] == eas[first["id"][2]]
+    # per-token entropies of both runs are readable, each run its own ids
+    assert sorted(scan_entropies(dir2).collect()["id"]) == sorted(night2["id"])
+    assert sorted(scan_entropies(dir1).collect()["id"]) == sorted(first["id"])
+
+    # other settings are other results: nothing is reused across a change of mode
+    res3, _, _ = _run(tmp_path, "night-3", night2, str(tiny_model), scored, **{"scoring.mode": "probe"})
+    assert res3.extra["rows_computed"] == len(scored) == night2.height - 1  # the copy: scored once
+
+
+def test_cache_off_keeps_results_in_the_run(tmp_path, tiny_model, corpus):
+    scored: list[str] = []
+    _run(tmp_path, "a", corpus.head(2), str(tiny_model), scored, **{"cache.enabled": False})
+    assert (tmp_path / "w" / "a" / "cache" / "score").is_dir()
+    assert not (tmp_path / "w" / "cache").exists()
