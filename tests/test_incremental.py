@@ -78,3 +78,34 @@ def test_cache_off_keeps_results_in_the_run(tmp_path, tiny_model, corpus):
     _run(tmp_path, "a", corpus.head(2), str(tiny_model), scored, **{"cache.enabled": False})
     assert (tmp_path / "w" / "a" / "cache" / "score").is_dir()
     assert not (tmp_path / "w" / "cache").exists()
+
+
+def test_rollouts_are_reused_by_content(tmp_path, tiny_model, corpus):
+    from undercurve.stages import pass_rate_stage
+
+    def run(name, samples):
+        path = tmp_path / f"{name}.parquet"
+        samples.write_parquet(path)
+        settings = load_settings("configs/tiny.yaml", {"workdir": str(tmp_path / "w"), "run_name": name,
+                                                       "pass_rate.engine": "hf", "pass_rate.rollouts": 2,
+                                                       "pass_rate.max_tokens": 6, "pass_rate.shard_size": 2})
+        reg = Registry(settings.registry_path, create=True)
+        ctx = RunContext(settings, reg.start_run("curate", name, {}, "h"), str(settings.registry_path))
+        res = pass_rate_stage(ctx, StageResult("length_cap", str(path), "parent", samples.height, samples.height),
+                              str(tiny_model))
+        return res, pl.read_parquet(res.path), pl.read_parquet(res.extra["rollouts"])
+
+    first = corpus.head(4)
+    res1, r1, ro1 = run("n1", first)
+    assert res1.extra["rows_computed"] == 4 and ro1.height == 4 * 2
+    night2 = pl.concat([corpus[5], first[2], first[0], corpus[6]])
+    res2, r2, ro2 = run("n2", night2)
+    assert res2.extra["rows_computed"] == 2 and res2.extra["rows_reused"] == 2
+    assert r2["id"].to_list() == night2["id"].to_list() and ro2.height == 4 * 2
+    assert res2.extra["compute_seconds"] > 0
+    # the reused samples carry the first night's rollouts, text for text
+    for i in (first["id"][0], first["id"][2]):
+        cols = [c for c in ro1.columns if c != "id"]
+        a, b = (ro.filter(pl.col("id") == i).select(cols).sort(cols[0]) for ro in (ro1, ro2))
+        assert a.equals(b)
+    assert r2.join(r1, on="id", how="inner").height == 2

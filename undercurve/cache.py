@@ -162,9 +162,14 @@ class ResultCache:
         return part.with_name(f"{part.stem}.{table}.parquet")
 
     def rows(self, parts: list[Path], table: str | None = None) -> pl.LazyFrame:
-        """The parts' rows (or one side table's), lazily; one row per key."""
-        files = parts if table is None else [self.side_path(p, table) for p in parts]
-        return pl.scan_parquet(files).unique(KEY, keep="first", maintain_order=True)
+        """The parts' rows, lazily, one row per key; or a side table's rows (any number per
+        key, e.g. rollouts), each key's from the one part ``index`` names for it."""
+        if table is None:
+            return pl.scan_parquet(parts).unique(KEY, keep="first", maintain_order=True)
+        side = pl.scan_parquet([self.side_path(p, table) for p in parts], include_file_paths="_file")
+        owner = self.index(parts).select(KEY, pl.col("part").str.replace(r"\.parquet$", f".{table}.parquet")
+                                         .alias("_file"))
+        return side.join(owner, on=[KEY, "_file"], how="semi", maintain_order="left").drop("_file")
 
     def touch(self, parts: list[Path]) -> None:
         """Mark parts as used now (the eviction order)."""

@@ -280,7 +280,10 @@ class Settings(RunSettings):
 
     @property
     def cache_dir(self) -> Path:
-        """Where content-keyed results live (shared by every run of the workdir)."""
+        """Where content-keyed results live: shared by every run of the workdir, or with
+        ``cache.enabled: false`` this run's own (reused only by a rerun of the same name)."""
+        if not self.cache.enabled:
+            return self.run_dir / "cache"
         return Path(self.cache.dir) if self.cache.dir else Path(self.workdir) / "cache"
 
 

@@ -47,9 +47,10 @@ def _engine_opts(settings: dict) -> dict:
 
 
 def pass_rate_rollouts(df: pl.DataFrame, model: str, settings: dict, out_dir: str | Path,
-                       trust_remote_code: bool = False, progress=None) -> tuple[pl.DataFrame, Path, float]:
-    """n rollouts per sample; -> (``id, n, n_correct, pass_rate`` per sample, rollouts Parquet,
-    seconds the steps computed in this run).
+                       trust_remote_code: bool = False, progress=None) -> tuple[list[dict], float]:
+    """n rollouts per sample of ``df`` (id, prompt, answer); -> (the steps, each with its
+    ``input`` shard, its ``output`` rollouts and its ``pass_rate_output`` (``id, n, n_correct,
+    pass_rate``) files; seconds the steps computed in this run).
 
     One worker job on the ``settings["engine"]`` backend (vLLM, or transformers on a CPU)."""
     out = Path(out_dir)
@@ -65,17 +66,14 @@ def pass_rate_rollouts(df: pl.DataFrame, model: str, settings: dict, out_dir: st
     backend = sampling_backend(settings["engine"])
     log.info("pass_rate: %d samples x %d rollouts in %d shards (%s)", df.height, settings["rollouts"], len(steps), backend)
     if not steps:
-        return pl.DataFrame(schema={"id": pl.Utf8, "n": pl.Int64, "n_correct": pl.Int64, "pass_rate": pl.Float64}), out, 0.0
+        return [], 0.0
     job = {"model": model, "steps": steps,
            "engine": _engine_opts({**settings, "backend": backend, "trust_remote_code": trust_remote_code})}
     result = run_vllm_job(job, out, name="rollouts", on_line=_step_progress(progress, len(steps)),
                           python=sys.executable if backend == "hf" else None)
     skipped = sum(s["skipped"] for s in result["steps"])
     log.info("pass_rate: %d shards done, %d of them already finished before this run", len(steps), skipped)
-    rollouts = pl.concat([pl.read_parquet(s["output"]) for s in steps])
-    rollouts_path = write_parquet_atomic(rollouts, out / "rollouts.parquet")
-    rates = pl.concat([pl.read_parquet(s["pass_rate_output"]) for s in steps])
-    return rates, rollouts_path, computed_seconds(result)
+    return steps, computed_seconds(result)
 
 
 def computed_seconds(result: dict) -> float:

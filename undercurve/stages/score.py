@@ -45,9 +45,8 @@ SCORE_VERSION = 1
 
 def score_cache(ctx: RunContext, model: str) -> ResultCache:
     """Where this run's scores are kept: by content, for the model's files and every setting
-    that changes a score; shared by every run of the workdir (``cache.enabled: false``: this
-    run's own folder)."""
-    root = ctx.settings.cache_dir if ctx.settings.cache.enabled else ctx.run_dir / "cache"
+    that changes a score (``Settings.cache_dir``)."""
+    root = ctx.settings.cache_dir
     settings = {k: v for k, v in _score_settings(ctx, model).items() if k not in ("model", "shard_size")}
     return ResultCache.open(root, "score", {**settings, "version": SCORE_VERSION,
                                             "model_identity": model_identity(model, root / "model-hashes.json")})
