@@ -12,8 +12,7 @@ from pathlib import Path
 
 import polars as pl
 
-from undercurve.io import plan_shards, write_parquet_atomic
-from undercurve.schema import SET_ASIDE_SCHEMA
+from undercurve.io import plan_shards
 from undercurve.vllm_runtime import run_vllm_job
 
 log = logging.getLogger("undercurve")
@@ -87,24 +86,20 @@ def _step_progress(progress, n_steps: int):
     return from_lines(VLLM_STEP_DONE, progress, n_steps) if progress else None
 
 
-def score_with_vllm(df: pl.DataFrame, settings: dict, out_dir: str | Path,
-                    progress=None) -> tuple[pl.DataFrame, pl.DataFrame, float]:
-    """The paper's top-K path; -> (scores, set-aside rows, seconds computed in this run)."""
+def score_with_vllm(inputs: list[Path], settings: dict, out_dir: str | Path, progress=None) -> tuple[list[dict], float]:
+    """The paper's top-K path over the given input shards (id, source, prompt, response,
+    answer); -> (the steps, each with its ``input``, its ``output`` scores (summaries and
+    per-token lists) and its ``set_aside_output``; seconds computed in this run)."""
     out = Path(out_dir)
     (out / "shards").mkdir(parents=True, exist_ok=True)
-    inputs = _write_input_shards(df, out / "shards", settings["shard_size"], ["id", "source", "prompt", "response", "answer"])
     keys = ("mode", "top_k", "answer_prefix_tokens", "edis", "box_openers")
     steps = [{"kind": "score", "name": f"score-{i:05d}", "input": str(p),
               "output": str(out / "shards" / f"scores-{i:05d}.parquet"),
               "set_aside_output": str(out / "shards" / f"set_aside-{i:05d}.parquet"),
               **{k: settings[k] for k in keys}} for i, p in enumerate(inputs)]
     if not steps:
-        from undercurve.scoring.score import SCORE_SCHEMA
-
-        return pl.DataFrame(schema=SCORE_SCHEMA), pl.DataFrame(schema=SET_ASIDE_SCHEMA), 0.0
+        return [], 0.0
     job = {"model": settings["model"], "engine": _engine_opts(settings), "steps": steps}
-    log.info("score: %d samples in %d shards (vLLM top-%d, %s)", df.height, len(steps), settings["top_k"], settings["mode"])
+    log.info("score: %d shards (vLLM top-%d, %s)", len(steps), settings["top_k"], settings["mode"])
     result = run_vllm_job(job, out, name="score", on_line=_step_progress(progress, len(steps)))
-    scores = pl.concat([pl.read_parquet(s["output"]) for s in steps], how="diagonal_relaxed")
-    aside = pl.concat([pl.read_parquet(s["set_aside_output"]) for s in steps], how="diagonal_relaxed")
-    return scores, aside, computed_seconds(result)
+    return steps, computed_seconds(result)

@@ -19,7 +19,6 @@ from undercurve.run import RunContext
 from undercurve.stages.result import (
     StageResult,
     _cost,
-    _finish,
     _parquet_rows,
     _record,
     _shard_seconds,
@@ -115,16 +114,23 @@ def score_shard(ctx: RunContext, shard: Shard, model: str) -> bool:
 
 def _score_shard_files(cache: ResultCache, shard: Shard, settings: dict) -> None:
     """Score one shard's input and store it as one cache part (keyed rows, the marker last)."""
-    from undercurve.scoring.score import score_frame, split_scores
+    from undercurve.scoring.score import score_frame
 
     scorer_key = json.dumps({k: settings[k] for k in ("model", "device", "dtype", "batch_tokens", "edis")},
                             sort_keys=True)
     df = pl.read_parquet(shard.input_path)
     scores, aside_rows = score_frame(df, settings, scorer=_torch_scorer(scorer_key))
+    _store(cache, df.select("id", KEY), scores, aside_rows)
+
+
+def _store(cache: ResultCache, key_of: pl.DataFrame, scores: pl.DataFrame, aside_rows: list[dict]) -> None:
+    """One shard's scores (either engine's) as one cache part: summaries and set-aside rows,
+    and the float32 per-token entropies beside them, keyed by content instead of the run's id."""
+    from undercurve.scoring.score import split_scores
+
     summary, tokens = split_scores(scores)
-    del scores
-    key_of = df.select("id", KEY)
-    def keyed(df_: pl.DataFrame) -> pl.DataFrame:  # the content key replaces the run's id
+
+    def keyed(df_: pl.DataFrame) -> pl.DataFrame:
         return df_.join(key_of, on="id", how="left").select(KEY, pl.exclude(KEY, "id", "source"))
 
     cache.write(key_of[KEY].to_list(), keyed(_with_aside(summary, aside_rows)), {"entropies": keyed(tokens)})
@@ -143,7 +149,8 @@ def worker_identity() -> str:
         return who
 
 
-def score_merge(ctx: RunContext, prev: StageResult, shards: list[Shard], model: str) -> StageResult:
+def score_merge(ctx: RunContext, prev: StageResult, shards: list[Shard], model: str,
+                seconds: float | None = None) -> StageResult:
     """This run's ``scores.parquet``: its rows (``keys.parquet``) joined with the cache parts on
     their key, streamed (never every part in memory). Per-token entropies stay in the cache,
     stored once; ``entropies.json`` names the parts this run reads and ``keys.parquet`` maps
@@ -174,9 +181,12 @@ def score_merge(ctx: RunContext, prev: StageResult, shards: list[Shard], model: 
     side = [os.path.relpath(cache.side_path(p, "entropies").resolve(), d.resolve()) for p in sorted(used)]
     manifest = write_text_atomic(json.dumps({"parts": side, "cache": str(cache.root)}, indent=1), d / "entropies.json")
     n_rows, n_computed = prev.rows_out, sum(_parquet_rows(Path(s.input_path)) for s in shards)
-    extra = {"engine": "torch", "mode": ctx.settings.scoring.mode, "shards": len(shards),
-             "rows_computed": n_computed, "rows_reused": n_rows - n_computed, "cache": str(cache.root),
-             **_cost(_shard_seconds(ctx, "score"), pl.scan_parquet(path).select(pl.col("length").sum()).collect().item())}
+    sc = ctx.settings.scoring
+    extra = {"engine": sc.engine, "mode": sc.mode, **({"top_k": sc.top_k} if sc.engine == "vllm" else {}),
+             "shards": len(shards), "rows_computed": n_computed, "rows_reused": n_rows - n_computed,
+             "cache": str(cache.root),
+             **_cost(_shard_seconds(ctx, "score") if seconds is None else seconds,
+                     pl.scan_parquet(path).select(pl.col("length").sum()).collect().item())}
     res = _record(ctx, "score", "scores", path, n_rows, _parquet_rows(path), aside, [prev.artifact_id], extra)
     ctx.registry.add_artifact(ctx.run_id, "score", "entropies", manifest, res.rows_out, parents=[res.artifact_id],
                               meta={"parts": side, "dtype": "float32"})
@@ -191,24 +201,26 @@ def _no_parts() -> pl.LazyFrame:
 
 
 def score_stage(ctx: RunContext, prev: StageResult, model: str, progress=None) -> StageResult:
-    """EAS/EDIS/PPL per sample; finished shards are not recomputed. In-process for the torch
-    engine (the flow fans shards out itself), one worker job for the vLLM engine."""
+    """EAS/EDIS/PPL per sample; content already in the cache is not scored again. The torch
+    engine in-process (the flow fans its shards out itself); the vLLM engine as one worker job
+    with one step per shard. Both store their shards as cache parts and merge the same way."""
     from undercurve.scoring import scores_in_shards
 
+    shards = score_plan(ctx, prev, model)
     if scores_in_shards(ctx.settings.scoring):
-        shards = score_plan(ctx, prev, model)
         for shard in shards:
             score_shard(ctx, shard, model)
         return score_merge(ctx, prev, shards, model)
     from undercurve.vllm_stages import score_with_vllm  # the paper's top-K path
 
-    settings = _score_settings(ctx, model)
-    df = pl.read_parquet(prev.path)
-    scores, aside, seconds = score_with_vllm(df, settings, ctx.stage_dir("score") / "vllm", progress)
-    n_shards = (df.height + settings["shard_size"] - 1) // settings["shard_size"]
-    return _finish(ctx, "score", scores, aside, df.height, prev, kind="scores",
-                   extra={"engine": "vllm", "mode": settings["mode"], "top_k": settings["top_k"], "shards": n_shards,
-                          **_cost(seconds, int(scores["length"].sum()) if scores.height else 0)})
+    todo = [s for s in shards if not ResultCache(Path(s.output_path).parent).done(s.output_path)]
+    steps, seconds = score_with_vllm([Path(s.input_path) for s in todo], _score_settings(ctx, model),
+                                     ctx.stage_dir("score") / "vllm", progress)
+    for shard, step in zip(todo, steps):
+        key_of = pl.read_parquet(shard.input_path, columns=["id", KEY])
+        aside = pl.read_parquet(step["set_aside_output"]).to_dicts()
+        _store(ResultCache(Path(shard.output_path).parent), key_of, pl.read_parquet(step["output"]), aside)
+    return score_merge(ctx, prev, shards, model, seconds)
 
 
 # ---------------------------------------------------------------------------- helpers
