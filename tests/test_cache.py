@@ -91,3 +91,24 @@ def test_index_of_nothing(tmp_path, n):
     cache = ResultCache.open(tmp_path, "k", {})
     parts = [cache.write(["a"], pl.DataFrame({KEY: ["a"]}))][:n]
     assert cache.index(parts).collect().height == n
+
+
+def test_a_run_prunes_to_max_gb_but_keeps_what_it_used(tmp_path):
+    from undercurve.config import load_settings
+    from undercurve.registry import Registry
+    from undercurve.run import RunContext
+    from undercurve.stages import prune_cache
+
+    settings = load_settings("configs/tiny.yaml", {"workdir": str(tmp_path), "cache.max_gb": 1e-9})
+    reg = Registry(settings.registry_path, create=True)
+    cache = ResultCache.open(settings.cache_dir, "score", {"s": 1})
+    old = cache.write(["a"], pl.DataFrame({KEY: ["a"]}))
+    past = time.time() - 3600
+    os.utime(old.with_suffix(".fp"), (past, past))  # last used an hour before this run
+    ctx = RunContext(settings, reg.start_run("curate", "r", {}, "h"), str(settings.registry_path))
+    time.sleep(0.01)
+    mine = cache.write(["b"], pl.DataFrame({KEY: ["b"]}))  # written (used) by this run
+    out = prune_cache(ctx)
+    assert out["parts_removed"] == 1 and cache.parts() == [mine]
+    assert prune_cache(RunContext(load_settings("configs/tiny.yaml", {"workdir": str(tmp_path)}), ctx.run_id,
+                                  ctx.registry_path)) is None  # no max_gb: nothing evicted

@@ -205,9 +205,10 @@ def describe(cache_dir: str | Path) -> pl.DataFrame:
 
 
 def prune(cache_dir: str | Path, max_bytes: int | None = None, older_than_s: float | None = None,
-          keep: Sequence[str | Path] = ()) -> dict:
+          keep: Sequence[str | Path] = (), keep_used_since: float | None = None) -> dict:
     """Evict parts: unused for ``older_than_s`` seconds, then least recently used first until the
-    cache holds at most ``max_bytes``. Parts in ``keep`` (a running run's) stay. Returns counts."""
+    cache holds at most ``max_bytes``. Parts in ``keep``, and parts used at or after the time
+    ``keep_used_since`` (a run's own, since it started), stay. Returns counts."""
     keep_set = {str(Path(p).resolve()) for p in keep}
     entries = []
     for m in Path(cache_dir).glob("*/*/part-*.fp"):
@@ -217,7 +218,8 @@ def prune(cache_dir: str | Path, max_bytes: int | None = None, older_than_s: flo
     total = sum(e[1] for e in entries)
     removed, freed, now = 0, 0, time.time()
     for mtime, size, m, files in entries:
-        if str(m.with_suffix(".parquet").resolve()) in keep_set:
+        if str(m.with_suffix(".parquet").resolve()) in keep_set or (
+                keep_used_since is not None and mtime >= keep_used_since):
             continue
         too_old = older_than_s is not None and now - mtime > older_than_s
         too_big = max_bytes is not None and total - freed > max_bytes

@@ -22,7 +22,7 @@ from undercurve.stages.ingest import ingest_stage
 from undercurve.stages.inputs import CURATE_STAGES, clear_stale_outputs, prepare_inputs
 from undercurve.stages.length_cap import length_cap_stage
 from undercurve.stages.pass_rate import pass_rate_stage
-from undercurve.stages.result import StageResult, run_summary
+from undercurve.stages.result import StageResult, prune_cache, run_summary
 from undercurve.stages.score import (
     ASIDE_FLAG,
     score_merge,
@@ -35,6 +35,6 @@ from undercurve.stages.select import select_stage
 
 __all__ = [
     "ASIDE_FLAG", "CURATE_STAGES", "StageResult", "clear_stale_outputs", "decontaminate_stage", "features_stage",
-    "ingest_stage", "length_cap_stage", "model_stages", "pass_rate_stage", "prepare_inputs", "run_summary",
+    "ingest_stage", "length_cap_stage", "model_stages", "pass_rate_stage", "prepare_inputs", "prune_cache", "run_summary",
     "score_merge", "score_plan", "score_shard", "score_stage", "select_stage", "worker_identity",
 ]

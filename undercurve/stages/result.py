@@ -106,3 +106,18 @@ def run_summary(ctx: RunContext, results: list[StageResult]) -> dict:
         summary["accounting"] = {"rows_in": first, "kept": kept, "set_aside": aside, "balanced": first == kept + aside}
     summary["selections"] = {r.extra["strategy"]: r.extra["jsonl"] for r in results if r.stage == "select"}
     return summary
+
+
+def prune_cache(ctx: RunContext) -> dict | None:
+    """``cache.max_gb``: after a run, evict least recently used cache parts beyond it, never a
+    part this run used (touched since it started)."""
+    max_gb = ctx.settings.cache.max_gb
+    if not max_gb or not ctx.settings.cache_dir.is_dir():
+        return None
+    from undercurve.cache import prune
+
+    started = ctx.registry.query("SELECT started_at FROM runs WHERE run_id = ?", [ctx.run_id])["started_at"][0]
+    out = prune(ctx.settings.cache_dir, max_bytes=int(max_gb * 2**30), keep_used_since=started.timestamp())
+    log.info("cache: %d parts evicted (%.1f MiB), %.1f MiB left (cache.max_gb %s)", out["parts_removed"],
+             out["bytes_freed"] / 2**20, out["bytes_left"] / 2**20, max_gb)
+    return out
