@@ -275,10 +275,13 @@ def show(run_id: RunIdArg, registry: RegistryOpt = None, config: ReadConfigOpt =
         return
     console = _console()
     _print_run(console, run)
-    stages = json.loads(run["summary_json"] or "{}").get("stages")
+    summary = json.loads(run["summary_json"] or "{}")
+    stages = summary.get("stages")
     if stages:
         console.print(_table("rows per stage", [{k: s.get(k) for k in ("stage", "rows_in", "kept", "set_aside")}
                                                 for s in stages]))
+    if summary.get("since_last_night"):
+        _print_since_last_night(console, summary["since_last_night"])
     for name, t in tables.items():
         console.print(_table(name.replace("_", " "), t.to_dicts()))
 
@@ -404,6 +407,23 @@ def _table(title: str, rows: list[dict]) -> Table | Text:
     for r in rows:
         table.add_row(*(_text(k, v) for k, v in r.items()))
     return table
+
+
+def _print_since_last_night(console: Console, diff: dict) -> None:
+    """A curate run's ``since_last_night`` summary (``undercurve.nightly``)."""
+    prev = diff.get("previous")
+    if "error" in diff:
+        console.print(Text(f"since last night: not computed: {diff['error']}"))
+        return
+    if prev is None:
+        console.print(Text(f"since last night: first night of the series {diff['series']!r}"))
+    else:
+        rows = diff["rows"]
+        said = (f"not compared: {rows['unavailable']}" if rows.get("by") is None else
+                f"{rows['new']} new, {rows['removed']} removed, {rows['kept']} kept (by {rows['by']})")
+        console.print(Text(f"since last night (run {prev['run_id']}, {prev['run_name']}): rows {said}"))
+        console.print(_table("selection churn since last night", diff["selections"]))
+    console.print(_table("contamination found (this night vs last)", diff["contamination"]))
 
 
 def _print_run(console: Console, run: dict) -> None:

@@ -53,7 +53,9 @@ def curate(config: str | None = "configs/demo.yaml", overrides: dict | None = No
         feats = t.features(ctx, cap, scores, rates)
         futures = [t.select.submit(ctx, feats, cap, s) for s in strategies]
         results += [f.result() for f in futures]  # .result() raises if a selection failed
-        return t.finish_run(ctx, "COMPLETED", results)
+        summary = t.finish_run(ctx, "COMPLETED", results)
+        t.retention(ctx)  # older folders of the run's series beyond retention.keep_runs
+        return summary
 
 
 if __name__ == "__main__":

@@ -130,12 +130,14 @@ def finish_run(ctx: RunContext, status: str, results: list[StageResult]) -> dict
     summary["figures"] = {name: str(f.path) for name, f in figs.items() if f.path}
     report = curation_markdown(summary, strategies) + "\n" + markdown_links(figs)
     summary["report"] = str(write_text_atomic(report, ctx.run_dir / "curation.md").resolve())
+    summary["since_last_night"] = since_last_night(ctx, strategies)
     ctx.registry.finish_run(ctx.run_id, status, summary)
     create_table_artifact(key="curation-summary", table=summary["stages"],
                           description=f"undercurve run {ctx.run_id}: rows per stage")
     create_markdown_artifact(key="curation-report", markdown=report,
                              description="Rows per stage, set-aside reasons with examples, what each strategy chose")
     _figure_artifacts(figs)
+    _nightly_artifacts(summary["since_last_night"])
     return summary
 
 
@@ -150,6 +152,43 @@ def _figure_artifacts(figs: dict) -> None:
                                      markdown=figure_markdown(name, fig.path, fig.title, fig.missing))
         except Exception:
             log.exception("figure %s: artifact not created", name)
+
+
+def since_last_night(ctx: RunContext, strategies: list[str]) -> dict:
+    """``undercurve.nightly.since_last_night`` for this run; a failure is reported in the
+    summary and the log, never fails the run."""
+    from undercurve.nightly import since_last_night as diff
+
+    try:
+        return diff(ctx.registry, ctx.run_id, ctx.run_dir, ctx.settings.series, strategies)
+    except Exception as exc:  # noqa: BLE001 - a report, not a stage
+        get_run_logger().exception("what changed since the last night: not computed")
+        return {"series": ctx.settings.series, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _nightly_artifacts(diff: dict) -> None:
+    """``nightly-changes`` (markdown) and ``nightly-churn`` (selection churn per strategy)."""
+    from undercurve.nightly import markdown
+
+    if "error" in diff:
+        return
+    create_markdown_artifact(key="nightly-changes", markdown=markdown(diff),
+                             description="What changed since the last night: rows, contamination, selections")
+    create_table_artifact(key="nightly-churn", table=diff.get("selections") or [{"first_night": True}],
+                          description="Selection churn per strategy since the last night")
+
+
+@task(name="retention", **_opts)
+def retention(ctx: RunContext) -> dict | None:
+    """After a completed run: remove the older folders of its series beyond
+    ``retention.keep_runs`` (``undercurve.nightly.apply_retention``); never fails the run."""
+    from undercurve.nightly import retention_for_run
+
+    try:
+        return retention_for_run(ctx.registry, ctx.settings)
+    except Exception as exc:  # noqa: BLE001 - the run is already COMPLETED
+        get_run_logger().exception("retention: nothing removed")
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 @task(name="record-status", **_opts)

@@ -128,6 +128,14 @@ class CacheSettings(_Strict):
     max_gb: float | None = Field(None, gt=0)
 
 
+class RetentionSettings(_Strict):
+    """Run folders kept per series (a run_name template such as "nightly-{date}")."""
+
+    # after a completed curate run, remove the older folders of its series beyond the newest
+    # keep_runs (never one whose run is RUNNING); null: keep every folder
+    keep_runs: int | None = Field(None, ge=1)
+
+
 class SelectionSettings(_Strict):
     budget: int = Field(5000, ge=1)
     # built-in names (undercurve/strategies/) or custom ones as "package.module:Class"
@@ -238,9 +246,39 @@ class EvalSettings(_Strict):
 class RunSettings(_Strict):
     """What every flow's settings share: where the run's files and the registry live."""
 
+    # the run's folder under workdir; may be a template, expanded once when the settings load:
+    # {date} (UTC YYYY-MM-DD) and {time} (UTC HHMMSS), e.g. "nightly-{date}": a folder per night
     run_name: str = "demo"
+    # the series of runs this one belongs to (retention, the nightly diff): set to run_name's
+    # template when it has placeholders; null: run_name itself. Normally left unset.
+    run_series: str | None = None
     workdir: str = "runs"
     registry: str | None = None  # default: <workdir>/registry.duckdb
+
+    @model_validator(mode="before")
+    @classmethod
+    def _series_from_template(cls, data: Any) -> Any:
+        from undercurve.nightly import is_template
+
+        if isinstance(data, dict) and isinstance(data.get("run_name"), str) and is_template(data["run_name"]):
+            data = {**data, "run_series": data.get("run_series") or data["run_name"]}
+        return data
+
+    @field_validator("run_name", mode="before")
+    @classmethod
+    def _expand(cls, v: Any) -> Any:
+        from undercurve.nightly import expand
+
+        return expand(v) if isinstance(v, str) else v  # ValueError names the bad placeholder
+
+    @field_validator("run_series")
+    @classmethod
+    def _series_placeholders(cls, v: str | None) -> str | None:
+        from undercurve.nightly import placeholders
+
+        if v is not None:
+            placeholders(v)  # ValueError names the bad placeholder
+        return v
 
     @field_validator("run_name")
     @classmethod
@@ -248,6 +286,19 @@ class RunSettings(_Strict):
         if not v or "/" in v or v.startswith("."):
             raise ValueError("run_name must be a plain folder name")
         return v
+
+    @model_validator(mode="after")
+    def _name_in_series(self):
+        from undercurve.nightly import series_pattern
+
+        if self.run_series is not None and not series_pattern(self.run_series).fullmatch(self.run_name):
+            raise ValueError(f"run_name {self.run_name!r} is not a name of run_series {self.run_series!r}")
+        return self
+
+    @property
+    def series(self) -> str:
+        """The run's series: its run name template, or the plain run name."""
+        return self.run_series or self.run_name
 
     @property
     def run_dir(self) -> Path:
@@ -274,6 +325,7 @@ class Settings(RunSettings):
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
     pass_rate: PassRateSettings = Field(default_factory=PassRateSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
     selection: SelectionSettings = Field(default_factory=SelectionSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
