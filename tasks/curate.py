@@ -125,6 +125,7 @@ def finish_run(ctx: RunContext, status: str, results: list[StageResult]) -> dict
     from undercurve.io import write_text_atomic
 
     summary = stages.run_summary(ctx, results)
+    summary["cache_pruned"] = stages.prune_cache(ctx)  # cache.max_gb; None when not set
     strategies = list(summary["selections"])
     figs = curation_figures(ctx.run_dir, strategies)  # never raises: a failed figure is "missing, because"
     summary["figures"] = {name: str(f.path) for name, f in figs.items() if f.path}
