@@ -43,8 +43,11 @@ def curate(config: str | None = "configs/demo.yaml", overrides: dict | None = No
         scores = None
         if "score" in needed and scores_in_shards(settings.scoring):
             shards = t.score_plan(ctx, cap, inputs["model"])
-            score_shards.with_options(task_runner=t.shard_runner(settings.scoring))(ctx, shards, inputs["model"])
-            scores = t.score_merge(ctx, cap, shards, inputs["model"])
+            scored = score_shards.with_options(task_runner=t.shard_runner(settings.scoring))(
+                ctx, shards, inputs["model"], return_state=True)
+            scored.result()  # raises if a shard failed after its retry
+            # wait_for: the merge hangs off the shards in the dashboard graph, as in the pipeline
+            scores = t.score_merge(ctx, cap, shards, inputs["model"], wait_for=[scored])
         elif "score" in needed:
             scores = t.score(ctx, cap, inputs["model"])
         rates = (t.pass_rate(ctx, cap, inputs["model"])

@@ -202,3 +202,39 @@ def test_the_run_draws_its_figures(curated):
 
     data = asyncio.run(markdown("curation-fig-entropy-eas"))
     assert data and "data:image/png;base64," in data[-1] and figs["entropy-eas"] in data[-1]
+
+
+def test_the_dashboard_graph_is_the_pipeline(curated):
+    """Prefect draws a task under the tasks whose outputs it reads (task_inputs). The curate
+    run's graph must be the pipeline of the README, edge for edge: no hub every task hangs off."""
+    import asyncio
+    import re
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter
+
+    workdir, summary = curated
+    flow_run_id = Registry(workdir / "registry.duckdb").query(
+        "SELECT prefect_flow_run_id FROM runs WHERE run_id = ?", [summary["run_id"]])["prefect_flow_run_id"][0]
+
+    async def edges():
+        async with get_client() as client:
+            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [flow_run_id]}))
+        name = {r.id: r.name if r.name.startswith("select-") else re.sub(r"-[0-9a-f]+$", "", r.name) for r in runs}
+        return {(name[i.id], name[r.id]) for r in runs for ins in r.task_inputs.values() for i in ins
+                if getattr(i, "id", None) in name}
+
+    strategies = ("random", "length", "pass_rate", "eas")
+    model = {"ingest", "decontaminate", "length-cap", "score-plan", "score-shards", "score-merge", "pass-rate"}
+    expected = {("prepare-inputs", t) for t in model - {"ingest"}} | {("prepare-inputs", "ingest")} | {
+        ("ingest", "decontaminate"), ("decontaminate", "length-cap"),
+        ("length-cap", "score-plan"), ("score-plan", "score-shards"), ("score-plan", "score-merge"),
+        ("score-shards", "score-merge"), ("length-cap", "score-merge"), ("length-cap", "pass-rate"),
+        ("length-cap", "features"), ("score-merge", "features"), ("pass-rate", "features"),
+        ("finish-run", "retention"),
+        # finish-run reports every stage's result (and so reads what prepare-inputs resolved)
+        *{(t, "finish-run") for t in ("prepare-inputs", "ingest", "decontaminate", "length-cap", "score-merge",
+                                      "pass-rate")},
+        *{p for s in strategies for p in (("features", f"select-{s}"), ("length-cap", f"select-{s}"),
+                                          (f"select-{s}", "finish-run"))}}
+    assert asyncio.run(edges()) == expected
