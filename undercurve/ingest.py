@@ -98,6 +98,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from undercurve.answers import DEFAULT_BOX_OPENERS, gsm8k_final, last_boxed
+from undercurve.io import ParquetSink
 from undercurve.schema import SAMPLE_SCHEMA, SET_ASIDE_SCHEMA
 
 log = logging.getLogger("undercurve")
@@ -802,20 +803,13 @@ def _iter_source(source: str, split: str) -> Iterator[_Row]:
 
 
 # ---------------------------------------------------------------------------- writing
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
 class _BatchWriter:
-    """Rows -> a Parquet file in batches, under a temporary name until ``commit``."""
+    """Rows -> a Parquet file in batches (an ``io.ParquetSink``), under a temporary name until
+    ``commit``."""
 
     def __init__(self, path: str | Path, schema: dict):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = _tmp_name(self.path)
         self.names = list(schema)
-        self.schema = pa.schema([(c, pa.large_string()) for c in self.names])
-        self.writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd", write_statistics=True)
+        self.sink = ParquetSink(path, pa.schema([(c, pa.large_string()) for c in self.names]))
         self.cols: dict[str, list] = {c: [] for c in self.names}
         self.n = self.chars = 0
 
@@ -831,23 +825,16 @@ class _BatchWriter:
 
     def flush(self) -> None:
         if self.n:
-            self.writer.write_table(pa.Table.from_pydict(self.cols, schema=self.schema))
+            self.sink.write(pa.Table.from_pydict(self.cols, schema=self.sink.schema))
             self.cols = {c: [] for c in self.names}
             self.n = self.chars = 0
 
     def commit(self) -> None:
         self.flush()
-        self.writer.close()
-        with open(self.tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(self.tmp, self.path)
+        self.sink.commit()
 
     def abort(self) -> None:
-        try:
-            self.writer.close()
-        except Exception:  # already failing: the temporary file goes either way
-            pass
-        self.tmp.unlink(missing_ok=True)
+        self.sink.abort()
 
 
 def _aside_row(row: _Row, rec, reason: str, note: str, label: str) -> dict:

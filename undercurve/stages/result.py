@@ -1,5 +1,6 @@
 """What every stage shares: its ``StageResult``, the atomic writes, the row-balance check and
-the registry record (``_finish`` / ``_record``), a model stage's cost, and the run summary."""
+the registry record (``_finish``; ``_finish_streamed`` for rows written through sinks;
+``_record``), a model stage's cost, and the run summary."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 
 import polars as pl
 
-from undercurve.io import write_parquet_atomic
+from undercurve.io import sink_parquet_atomic as _sink_atomic  # noqa: F401 (the stages import it from here)
+from undercurve.io import ParquetSink, write_parquet_atomic
 from undercurve.run import RunContext
 from undercurve.schema import SET_ASIDE_SCHEMA
 
@@ -42,6 +44,21 @@ def _finish(ctx: RunContext, stage: str, out: pl.DataFrame, aside: pl.DataFrame,
     return _record(ctx, stage, kind, path, rows_in, out.height, aside, ids, extra)
 
 
+def _finish_streamed(ctx: RunContext, stage: str, out: ParquetSink, aside: ParquetSink, rows_in: int,
+                     parents: list[str], kind: str = "samples", extra: dict | None = None) -> StageResult:
+    """``_finish`` for a stage that streamed its rows into sinks: publish them (no set-aside
+    file when nothing was set aside, as ``_finish``), then check and record."""
+    path = out.commit()
+    if aside.rows:
+        aside.commit()
+        aside_rows = pl.read_parquet(aside.path)  # few, and the registry keeps them all anyway
+    else:
+        aside.abort()
+        aside.path.unlink(missing_ok=True)  # an earlier run's
+        aside_rows = _empty_aside()
+    return _record(ctx, stage, kind, path, rows_in, out.rows, aside_rows, parents, extra)
+
+
 def _record(ctx: RunContext, stage: str, kind: str, path: Path, rows_in: int, kept: int, aside: pl.DataFrame,
             parents: list[str], extra: dict | None) -> StageResult:
     """Check the row balance and record a written stage output (and its set-aside rows,
@@ -59,19 +76,6 @@ def _record(ctx: RunContext, stage: str, kind: str, path: Path, rows_in: int, ke
 
 def _empty_aside() -> pl.DataFrame:
     return pl.DataFrame(schema=SET_ASIDE_SCHEMA)
-
-
-def _sink_atomic(lf: pl.LazyFrame, path: Path) -> Path:
-    """``write_parquet_atomic`` for a lazy frame: streamed to a temp name, then renamed."""
-    import os
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    lf.sink_parquet(tmp, compression="zstd", statistics=True)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
 
 
 def _parquet_rows(path: Path) -> int:
