@@ -132,3 +132,56 @@ def test_features_from_a_scores_file_with_lists_keep_summaries_only(scored_run):
     (ctx.run_dir / "score" / "entropies.json").unlink()
     assert scan_entropies(ctx.run_dir / "score").collect().sort("id")["entropy"].to_list() == \
         tokens.lazy().with_columns(entropy_curve()).collect().sort("id")["entropy"].to_list()
+
+
+def _whole_reads_of(path, monkeypatch):
+    """``pl.read_parquet`` that fails on ``path``: a stage must stream that file, not load it."""
+    real = pl.read_parquet
+
+    def read(source, *a, **k):
+        if str(source) == str(path):
+            raise AssertionError(f"a stage read all of {path}")
+        return real(source, *a, **k)
+
+    monkeypatch.setattr(pl, "read_parquet", read)
+
+
+def test_length_cap_streams_its_input_in_batches(tmp_path, tiny_model, monkeypatch):
+    """Batches of 5 rows, the input never read whole, and the outputs of one pass over the
+    whole table: the same kept rows with their token counts, in order; the same set-aside rows."""
+    from transformers import AutoTokenizer
+
+    import undercurve.stages.length_cap as length_cap
+    import undercurve.textlen as textlen
+    from undercurve.demo import write_demo_inputs
+    from undercurve.ingest import ingest
+
+    corpus, _ = write_demo_inputs(tmp_path / "inputs", size=24, seed=3)
+    samples, _ = ingest(str(corpus))
+    path = tmp_path / "samples.parquet"
+    samples.write_parquet(path)
+    tok = AutoTokenizer.from_pretrained(str(tiny_model))
+    cap = int(np.median(textlen.token_lengths(tok, samples)))
+    want_kept, want_aside = textlen.cap_length(tok, samples, cap)  # the whole table at once
+    assert want_kept.height and want_aside.height
+    settings = load_settings("configs/demo.yaml", {"workdir": str(tmp_path / "w"), "max_tokens": cap})
+    reg = Registry(settings.registry_path, create=True)
+    ctx = RunContext(settings, reg.start_run("curate", "t", {}, "h"), str(settings.registry_path))
+
+    batches = []
+    whole = textlen.cap_length
+    monkeypatch.setattr(textlen, "cap_length", lambda t, df, m: batches.append(df.height) or whole(t, df, m))
+    monkeypatch.setattr(length_cap, "BATCH_ROWS", 5)
+    _whole_reads_of(path, monkeypatch)
+    res = length_cap.length_cap_stage(ctx, StageResult("decontaminate", str(path), "p", samples.height, samples.height),
+                                      str(tiny_model))
+    monkeypatch.undo()
+
+    n = samples.height
+    assert batches == [5] * (n // 5) + ([n % 5] if n % 5 else [])
+    assert (res.rows_in, res.rows_out, res.set_aside) == (n, want_kept.height, want_aside.height)
+    assert pl.read_parquet(res.path).equals(want_kept)
+    out = ctx.run_dir / "length_cap"
+    assert pl.read_parquet(out / "set_aside.parquet").equals(want_aside)
+    assert want_aside["reason"].unique().to_list() == [f"over length cap ({cap} tokens)"]
+    assert sorted(p.name for p in out.iterdir()) == ["samples.parquet", "set_aside.parquet"]  # no temp file left

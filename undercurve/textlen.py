@@ -1,4 +1,5 @@
-"""Length cap: total tokens of prompt + response with the model's chat template applied."""
+"""Length cap: total tokens of prompt + response with the model's chat template applied. Works on
+one batch of rows at a time (``stages.length_cap`` streams the table through it)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,18 @@
-"""Length cap: samples longer than ``max_tokens`` (with the model's tokenizer) set aside."""
+"""Length cap: samples longer than ``max_tokens`` (with the model's tokenizer) set aside.
+
+Streams: ``BATCH_ROWS`` rows at a time are read, tokenised and written, so memory does not
+grow with the corpus; outputs and row order are those of one pass over the whole table."""
 
 from __future__ import annotations
 
 import polars as pl
 
+from undercurve.io import ParquetSink, iter_parquet
 from undercurve.run import RunContext
-from undercurve.stages.result import StageResult, _finish
+from undercurve.schema import SET_ASIDE_SCHEMA
+from undercurve.stages.result import StageResult, _finish_streamed
+
+BATCH_ROWS = 2048  # rows in memory at a time (tokenised in sub-batches by token_lengths)
 
 
 def length_cap_stage(ctx: RunContext, prev: StageResult, model: str) -> StageResult:
@@ -13,7 +20,15 @@ def length_cap_stage(ctx: RunContext, prev: StageResult, model: str) -> StageRes
 
     from undercurve.textlen import cap_length
 
-    df = pl.read_parquet(prev.path)
     tok = AutoTokenizer.from_pretrained(model, trust_remote_code=ctx.settings.model.trust_remote_code)
-    kept, aside = cap_length(tok, df, ctx.settings.max_tokens)
-    return _finish(ctx, "length_cap", kept, aside, df.height, prev, extra={"max_tokens": ctx.settings.max_tokens})
+    cap = ctx.settings.max_tokens
+    d = ctx.stage_dir("length_cap")
+    schema = {**pl.read_parquet_schema(prev.path), "n_tokens": pl.Int64}  # from the footer
+    rows_in = 0
+    with ParquetSink(d / "samples.parquet", schema) as kept, ParquetSink(d / "set_aside.parquet", SET_ASIDE_SCHEMA) as aside:
+        for batch in iter_parquet(prev.path, BATCH_ROWS):
+            within, over = cap_length(tok, batch, cap)
+            kept.write(within)
+            aside.write(over)
+            rows_in += batch.height
+        return _finish_streamed(ctx, "length_cap", kept, aside, rows_in, [prev.artifact_id], extra={"max_tokens": cap})
