@@ -268,3 +268,54 @@ def test_empty_corpus(settings):
     assert kept.height == removed.height == 0 and report["rows_in"] == 0
     with pytest.raises(KeyError, match="prompt"):
         decontaminate(pl.DataFrame({"id": ["x"]}), settings)
+
+
+def test_the_stage_streams_the_corpus_and_reports_as_one_pass(tmp_path, settings, result, monkeypatch):
+    """The stage, in batches of 4 rows and never reading its input whole, writes and reports
+    what ``decontaminate`` gives for the whole frame at once: kept rows in order, the removed
+    audit, the set-aside rows, the counts, the examples and the near misses, which span batches."""
+    import undercurve.decontam.filter as filt
+    import undercurve.stages.decontaminate as stage
+    from undercurve.config import load_settings
+    from undercurve.registry import Registry
+    from undercurve.run import RunContext
+    from undercurve.schema import SET_ASIDE_SCHEMA
+    from undercurve.stages import StageResult
+
+    df, kept, removed, report = result
+    path = tmp_path / "samples.parquet"
+    df.write_parquet(path)
+    conf = load_settings(Path(__file__).parents[1] / "configs" / "demo.yaml", {
+        "workdir": str(tmp_path / "w"), "decontam.suites": list(DEFAULTS["suites"]),
+        "decontam.local_paths": {k: str(v) for k, v in LOCAL.items()}, "decontam.embedding": True,
+        "decontam.embedding_model": settings["embedding_model"], "decontam.cache_dir": settings["cache_dir"]})
+    reg = Registry(conf.registry_path, create=True)
+    ctx = RunContext(conf, reg.start_run("curate", "t", {}, "h"), str(conf.registry_path))
+
+    batches = []
+    one = filt.Decontaminator.filter
+    monkeypatch.setattr(filt.Decontaminator, "filter", lambda self, b: batches.append(b.height) or one(self, b))
+    monkeypatch.setattr(stage, "BATCH_ROWS", 4)
+    real = pl.read_parquet
+
+    def no_whole_input(source, *a, **k):
+        assert str(source) != str(path), "decontaminate read its whole input"
+        return real(source, *a, **k)
+
+    monkeypatch.setattr(pl, "read_parquet", no_whole_input)
+    res = stage.decontaminate_stage(ctx, StageResult("ingest", str(path), "p", df.height, df.height), None)
+    monkeypatch.undo()
+
+    assert batches == [4] * (df.height // 4) + [df.height % 4]
+    assert (res.rows_in, res.rows_out, res.set_aside) == (df.height, kept.height, removed.height)
+    out = ctx.run_dir / "decontaminate"
+    assert pl.read_parquet(out / "samples.parquet").equals(kept)
+    assert pl.read_parquet(out / "removed_audit.parquet").equals(removed)
+    assert pl.read_parquet(out / "set_aside.parquet").equals(removed.select(list(SET_ASIDE_SCHEMA)))
+    got = res.extra["report"]
+    assert len({e["benchmark"] for e in got["examples"]}) > 1 and len(got["near_misses"]) == DEFAULTS["near_misses"]
+    for key in set(report) - {"timings"}:
+        assert got[key] == report[key], key
+    recorded = reg.query("SELECT benchmark, method, n FROM contamination WHERE run_id = ? ORDER BY ALL", [ctx.run_id])
+    assert recorded.rows() == [(c["benchmark"], c["method"], c["count"]) for c in report["counts"]]
+    assert sorted(p.name for p in out.iterdir()) == ["removed_audit.parquet", "samples.parquet", "set_aside.parquet"]

@@ -1,8 +1,9 @@
 """The decontamination stage: n-gram then embedding matching, with evidence.
 
-``decontaminate(df, settings)`` -> ``(kept, removed, report)``. Every removed row keeps
-the method, the benchmark, the benchmark item id and the evidence (overlapping n-grams
-or the cosine), so a user can audit each decision; rows in = kept + removed.
+``decontaminate(df, settings)`` -> ``(kept, removed, report)``; ``Decontaminator`` does the
+same for a corpus streamed through it in batches. Every removed row keeps the method, the
+benchmark, the benchmark item id and the evidence (overlapping n-grams or the cosine), so a
+user can audit each decision; rows in = kept + removed.
 N-grams run first (cheap, exact, explainable); embeddings run on what n-grams kept, so a
 removed row is attributed to the first method that caught it.
 """
@@ -13,6 +14,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -74,16 +76,27 @@ def resolve_settings(settings: dict | None) -> dict:
     return s
 
 
-def _ngram_rows(df: pl.DataFrame, specs, suite_df: pl.DataFrame, s: dict) -> list[dict]:
+def _check_columns(columns) -> None:
+    missing = {"id", "source", "prompt"} - set(columns)
+    if missing:
+        raise KeyError(f"decontaminate: input lacks columns {sorted(missing)} (needs id, source, prompt)")
+
+
+def _lookups(specs, suite_df: pl.DataFrame, s: dict) -> dict[str, ngram.Lookup]:
+    """One n-gram lookup table per normaliser: the corpus is tokenised once per normaliser."""
     by_norm: dict[str, list] = {}
     for spec in specs:
         frame = suite_df.filter(pl.col("suite") == spec.name)
         ix = ngram.build_index(frame, n=s["ngram_n"], normaliser=spec.normaliser,
                                short_min=s["ngram_short_min"], cache_dir=s["cache_dir"])
         by_norm.setdefault(spec.normaliser, []).append(ix)
+    return {norm: ngram.Lookup.build(indexes) for norm, indexes in by_norm.items()}
+
+
+def _ngram_rows(df: pl.DataFrame, lookups: dict[str, ngram.Lookup], s: dict) -> list[dict]:
     rows = []
-    for norm, indexes in by_norm.items():  # the corpus is tokenised once per normaliser
-        hits = ngram.match(tokenize(df["prompt"], norm), indexes, min_matches=s["ngram_min_matches"])
+    for norm, lookup in lookups.items():
+        hits = ngram.match(tokenize(df["prompt"], norm), lookup, min_matches=s["ngram_min_matches"])
         for h in hits.iter_rows(named=True):
             ev = {
                 "n": s["ngram_n"], "gram_len": h["gram_len"], "whole_item": h["whole_item"],
@@ -102,7 +115,7 @@ def _ngram_rows(df: pl.DataFrame, specs, suite_df: pl.DataFrame, s: dict) -> lis
     return list(best.values())
 
 
-def _embedding_rows(df, rows_left, suite_df, s, model) -> tuple[list[dict], pl.DataFrame]:
+def _suite_embeddings(suite_df: pl.DataFrame, s: dict, model) -> np.ndarray:
     tag = f"max{s['embedding_max_tokens']}-int8{s['embedding_int8']}"
     # suite_df is grouped by suite (load_suites concatenates them), so stacking the
     # per-suite embeddings keeps row i of suite_df = row i of the matrix
@@ -111,10 +124,12 @@ def _embedding_rows(df, rows_left, suite_df, s, model) -> tuple[list[dict], pl.D
                                cache_dir=s["cache_dir"], batch_size=s["embedding_batch_size"], model_tag=tag)
         for name in suite_df["suite"].unique(maintain_order=True)
     ]
+    return np.concatenate(emb) if emb else np.zeros((0, 1), np.float32)
+
+
+def _embedding_rows(df, rows_left, suite_df, suite_emb, s, model) -> tuple[list[dict], pl.DataFrame]:
     prompts = df["prompt"].gather(rows_left).to_list()
-    near = embed.nearest(model, prompts, suite_df, np.concatenate(emb) if emb else np.zeros((0, 1), np.float32),
-                         batch_size=s["embedding_batch_size"],
-                         progress=lambda d, n: log.info("decontaminate: embedded %d/%d prompts", d, n))
+    near = embed.nearest(model, prompts, suite_df, suite_emb, batch_size=s["embedding_batch_size"])
     near = near.with_columns(pl.Series("row", rows_left, dtype=pl.Int64))
     thr = s["cosine_threshold"]
     rows = [
@@ -126,6 +141,142 @@ def _embedding_rows(df, rows_left, suite_df, s, model) -> tuple[list[dict], pl.D
     return rows, near
 
 
+class Decontaminator:
+    """The filter for a corpus that streams through it: ``filter`` one batch at a time, then
+    ``report``.
+
+    The benchmark n-gram tables and embeddings are built once and stay in memory (they are
+    benchmark-sized); the corpus does not. Each row is judged on its own (grams never span
+    rows; a prompt's nearest item does not depend on the other prompts), so batches give the
+    rows of one pass over the whole corpus. What crosses batches is the report's state:
+    counts, the first examples per (benchmark, method) and the top near misses. Distinct
+    prompts are embedded once per batch; one repeated in a later batch is embedded again,
+    which costs time, not memory.
+    """
+
+    def __init__(self, settings: dict | None = None, *, model=None):
+        t0 = time.perf_counter()
+        s = self.s = resolve_settings(settings)
+        self.specs, self.suite_df = load_suites(s["suites"], s["local_paths"])
+        self.timings = {"load_suites_s": time.perf_counter() - t0}
+        self.lookups: dict[str, ngram.Lookup] = {}
+        if s["ngram"]:
+            t = time.perf_counter()
+            self.lookups = _lookups(self.specs, self.suite_df, s)
+            self._took("ngram_s", t)
+        self.model, self.suite_emb = model, None
+        if s["embedding"]:
+            t = time.perf_counter()
+            if model is None:
+                self.model = embed.load_model(s["embedding_model"], max_tokens=s["embedding_max_tokens"],
+                                              int8=s["embedding_int8"])
+            self._took("embedding_load_s", t)
+            t = time.perf_counter()
+            self.suite_emb = _suite_embeddings(self.suite_df, s, self.model)
+            self._took("embedding_s", t)
+        self.item_text = {(r[0], r[1]): r[2] for r in self.suite_df.iter_rows()}
+        self.rows_in = self.kept = 0
+        self.counts: Counter = Counter()  # (benchmark, method) -> removed rows
+        self.examples: dict[tuple, list[dict]] = {}  # (benchmark, method) -> its first removed rows
+        self.near: list[tuple] = []  # (-cosine, corpus row, entry): the best near misses so far
+        self._took("total_s", t0)
+
+    def _took(self, key: str, since: float) -> None:
+        self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - since
+
+    def filter(self, df: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """One batch (columns ``id, source, prompt, ...``) -> ``(kept, removed)``: ``kept`` has
+        ``df``'s columns and row order, ``removed`` has ``REMOVED_SCHEMA``, in row order."""
+        _check_columns(df.columns)
+        t0 = time.perf_counter()
+        s = self.s
+        work = df.with_columns(prompt=df["prompt"].fill_null(""))
+        hits: list[dict] = []
+        if s["ngram"]:
+            t = time.perf_counter()
+            hits += _ngram_rows(work, self.lookups, s)
+            self._took("ngram_s", t)
+        near = None
+        if s["embedding"]:
+            t = time.perf_counter()
+            caught = {h["row"] for h in hits}
+            left = [i for i in range(df.height) if i not in caught]
+            emb_hits, near = _embedding_rows(work, left, self.suite_df, self.suite_emb, s, self.model)
+            hits += emb_hits
+            self._took("embedding_s", t)
+
+        hits.sort(key=lambda h: h["row"])
+        removed_idx = [h["row"] for h in hits]
+        ids = df["id"].gather(removed_idx).to_list() if hits else []
+        sources = df["source"].gather(removed_idx).to_list() if hits else []
+        removed = pl.DataFrame(
+            [{"id": i, "source": src, "stage": STAGE, "reason": f"contamination:{h['method']}",
+              "detail": h["detail"][:2000], "method": h["method"], "benchmark": h["benchmark"],
+              "benchmark_item_id": h["benchmark_item_id"], "evidence": json.dumps(h["evidence"], ensure_ascii=False)}
+             for i, src, h in zip(ids, sources, hits)],
+            schema=REMOVED_SCHEMA,
+        )
+        mask = pl.Series([True] * df.height, dtype=pl.Boolean)
+        if removed_idx:
+            mask = mask.scatter(removed_idx, False)
+        kept = df.filter(mask)
+        self._tally(df, removed, removed_idx, near)
+        self._took("total_s", t0)
+        log.info("decontaminate: %d rows filtered, %d removed so far", self.rows_in, self.rows_in - self.kept)
+        return kept, removed
+
+    def _tally(self, df: pl.DataFrame, removed: pl.DataFrame, removed_idx: list[int], near) -> None:
+        """What the report needs from one batch: counts, examples (the first ``examples`` rows
+        of each benchmark and method, in corpus order), near misses (the ``near_misses`` kept
+        rows with the highest cosine below the threshold; ties in corpus order)."""
+        s, prompts, offset = self.s, df["prompt"], self.rows_in
+        for row, r in zip(removed_idx, removed.iter_rows(named=True)):
+            key = (r["benchmark"], r["method"])
+            self.counts[key] += 1
+            examples = self.examples.setdefault(key, [])
+            if len(examples) < s["examples"]:
+                examples.append({"id": r["id"], "benchmark": key[0], "method": key[1],
+                                 "benchmark_item_id": r["benchmark_item_id"], "evidence": json.loads(r["evidence"]),
+                                 "prompt": (prompts[row] or "")[:300],
+                                 "benchmark_text": self.item_text.get((key[0], r["benchmark_item_id"]), "")[:300]})
+        if near is not None and near.height:
+            below = near.filter(pl.col("cosine") < s["cosine_threshold"])
+            below = below.sort("cosine", descending=True, maintain_order=True).head(s["near_misses"])
+            for r in below.iter_rows(named=True):
+                self.near.append((-r["cosine"], offset + r["row"], {
+                    "id": df["id"][r["row"]], "benchmark": r["suite"], "benchmark_item_id": r["item_id"],
+                    "cosine": round(r["cosine"], 4), "prompt": (prompts[r["row"]] or "")[:300]}))
+            self.near = sorted(self.near, key=lambda n: n[:2])[: s["near_misses"]]
+        self.rows_in += df.height
+        self.kept += df.height - removed.height
+
+    def report(self) -> dict:
+        """JSON-able: counts per benchmark and method, examples, near misses, suites, settings,
+        timings (summed over the batches so far)."""
+        s = self.s
+        counts = sorted(self.counts.items())  # by benchmark, then method
+        by_bench: dict = {}
+        for (bench, method), n in counts:
+            by_bench.setdefault(bench, {})[method] = n
+        size = self.suite_df.group_by("suite").len()
+        sizes = dict(zip(size["suite"].to_list(), size["len"].to_list()))
+        return {
+            "stage": STAGE,
+            "rows_in": self.rows_in,
+            "kept": self.kept,
+            "removed": self.rows_in - self.kept,
+            "counts": [{"benchmark": b, "method": m, "count": n} for (b, m), n in counts],
+            "by_benchmark": by_bench,
+            "by_method": {m: sum(n for (_, mm), n in counts if mm == m) for m in ("ngram", "embedding")},
+            "examples": [e for group in self.examples.values() for e in group],
+            "near_misses": [entry for *_, entry in self.near],
+            "suites": [{"name": sp.name, "source": sp.path or sp.hub_id, "items": sizes.get(sp.name, 0),
+                        "normaliser": sp.normaliser} for sp in self.specs],
+            "settings": json.loads(json.dumps(s, default=str)),  # Paths in specs -> str
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+        }
+
+
 def decontaminate(df: pl.DataFrame, settings: dict | None = None, *, model=None):
     """Split ``df`` (columns ``id, source, prompt, response, answer``) into kept / removed.
 
@@ -133,94 +284,10 @@ def decontaminate(df: pl.DataFrame, settings: dict | None = None, *, model=None)
     order; ``removed_df`` has ``REMOVED_SCHEMA``; ``report`` is JSON-able (counts per
     benchmark and method, examples, near misses, suites, settings, timings). ``model``:
     an already loaded SentenceTransformer (else ``settings["embedding_model"]``).
+    The whole frame is one batch of a ``Decontaminator``; the stage streams its input.
     """
-    s = resolve_settings(settings)
-    missing = {"id", "source", "prompt"} - set(df.columns)
-    if missing:
-        raise KeyError(f"decontaminate: input lacks columns {sorted(missing)} (needs id, source, prompt)")
-    t0 = time.perf_counter()
-    specs, suite_df = load_suites(s["suites"], s["local_paths"])
-    timings = {"load_suites_s": time.perf_counter() - t0}
-    prompts = df["prompt"].fill_null("")
-    work = df.with_columns(prompt=prompts)
-
-    hits: list[dict] = []
-    if s["ngram"]:
-        t = time.perf_counter()
-        hits += _ngram_rows(work, specs, suite_df, s)
-        timings["ngram_s"] = time.perf_counter() - t
-    near = None
-    if s["embedding"]:
-        t = time.perf_counter()
-        if model is None:
-            model = embed.load_model(s["embedding_model"], max_tokens=s["embedding_max_tokens"], int8=s["embedding_int8"])
-        timings["embedding_load_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        caught = {h["row"] for h in hits}
-        left = [i for i in range(df.height) if i not in caught]
-        emb_hits, near = _embedding_rows(work, left, suite_df, s, model)
-        hits += emb_hits
-        timings["embedding_s"] = time.perf_counter() - t
-
-    hits.sort(key=lambda h: h["row"])
-    removed_idx = [h["row"] for h in hits]
-    ids = df["id"].gather(removed_idx).to_list() if hits else []
-    sources = df["source"].gather(removed_idx).to_list() if hits else []
-    removed = pl.DataFrame(
-        [{"id": i, "source": src, "stage": STAGE, "reason": f"contamination:{h['method']}",
-          "detail": h["detail"][:2000], "method": h["method"], "benchmark": h["benchmark"],
-          "benchmark_item_id": h["benchmark_item_id"], "evidence": json.dumps(h["evidence"], ensure_ascii=False)}
-         for i, src, h in zip(ids, sources, hits)],
-        schema=REMOVED_SCHEMA,
-    )
-    mask = pl.Series([True] * df.height, dtype=pl.Boolean)
-    if removed_idx:
-        mask = mask.scatter(removed_idx, False)
-    kept = df.filter(mask)
-    timings["total_s"] = time.perf_counter() - t0
-    report = _report(df, kept, removed, hits, near, specs, suite_df, s, timings)
+    _check_columns(df.columns)
+    filt = Decontaminator(settings, model=model)
+    kept, removed = filt.filter(df)
     log.info("decontaminate: %d rows -> %d kept, %d removed", df.height, kept.height, removed.height)
-    return kept, removed, report
-
-
-def _report(df, kept, removed, hits, near, specs, suite_df, s, timings) -> dict:
-    counts = (
-        removed.group_by("benchmark", "method").len().sort("benchmark", "method")
-        if removed.height else pl.DataFrame(schema={"benchmark": pl.Utf8, "method": pl.Utf8, "len": pl.UInt32})
-    )
-    by_bench: dict = {}
-    for r in counts.iter_rows(named=True):
-        by_bench.setdefault(r["benchmark"], {})[r["method"]] = r["len"]
-    examples = []
-    prompts = df["prompt"]
-    item_text = {(r[0], r[1]): r[2] for r in suite_df.iter_rows()}
-    for (bench, method), grp in removed.with_row_index("_i").group_by("benchmark", "method", maintain_order=True):
-        for r in grp.head(s["examples"]).iter_rows(named=True):
-            h = hits[r["_i"]]
-            examples.append({"id": r["id"], "benchmark": bench, "method": method,
-                             "benchmark_item_id": r["benchmark_item_id"], "evidence": json.loads(r["evidence"]),
-                             "prompt": (prompts[h["row"]] or "")[:300],
-                             "benchmark_text": item_text.get((bench, r["benchmark_item_id"]), "")[:300]})
-    near_misses = []
-    if near is not None and near.height:
-        below = near.filter(pl.col("cosine") < s["cosine_threshold"]).sort("cosine", descending=True)
-        for r in below.head(s["near_misses"]).iter_rows(named=True):
-            near_misses.append({"id": df["id"][r["row"]], "benchmark": r["suite"], "benchmark_item_id": r["item_id"],
-                                "cosine": round(r["cosine"], 4), "prompt": (prompts[r["row"]] or "")[:300]})
-    size = suite_df.group_by("suite").len()
-    sizes = dict(zip(size["suite"].to_list(), size["len"].to_list()))
-    return {
-        "stage": STAGE,
-        "rows_in": df.height,
-        "kept": kept.height,
-        "removed": removed.height,
-        "counts": [{"benchmark": r["benchmark"], "method": r["method"], "count": r["len"]} for r in counts.iter_rows(named=True)],
-        "by_benchmark": by_bench,
-        "by_method": {m: int((removed["method"] == m).sum()) for m in ("ngram", "embedding")},
-        "examples": examples,
-        "near_misses": near_misses,
-        "suites": [{"name": sp.name, "source": sp.path or sp.hub_id, "items": sizes.get(sp.name, 0),
-                    "normaliser": sp.normaliser} for sp in specs],
-        "settings": json.loads(json.dumps(s, default=str)),  # Paths in specs -> str
-        "timings": {k: round(v, 3) for k, v in timings.items()},
-    }
+    return kept, removed, filt.report()

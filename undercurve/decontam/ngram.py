@@ -169,39 +169,62 @@ def build_index(
     return index
 
 
+@dataclass
+class Lookup:
+    """The indexes of one normaliser as one sorted table (benchmark-sized), built once and
+    reused for every corpus batch ``match`` sees."""
+
+    indexes: list[NgramIndex]
+    offs: np.ndarray  # first global item of each index
+    hashes: np.ndarray  # uint64, sorted
+    items: np.ndarray  # global item of each hash
+    need: set[int]  # gram lengths to look up
+    exact: set[int]  # whole-prompt lengths to look up
+    bitmap: np.ndarray  # bool over the low hash bits: a cheap prefilter
+
+    @classmethod
+    def build(cls, indexes: list[NgramIndex]) -> "Lookup":
+        if len({ix.normaliser for ix in indexes}) > 1:
+            raise ValueError("match() needs indexes built with one normaliser; group them by normaliser")
+        offs = np.cumsum([0] + [len(ix.item_ids) for ix in indexes])
+
+        def cat(arrays, dtype):  # (no index at all: an empty table)
+            return np.concatenate([np.zeros(0, dtype), *arrays])
+
+        hashes = cat([ix.hashes for ix in indexes], np.uint64)
+        order = np.argsort(hashes, kind="stable")
+        items = cat([ix.items + o for ix, o in zip(indexes, offs)], np.int64)[order]
+        lens_all = cat([ix.lengths for ix in indexes], np.int64)[order]
+        exact_all = cat([ix.exact for ix in indexes], bool)[order]
+        # the bitmap rejects ~all corpus grams with one gather, so the exact searchsorted
+        # only runs on the few candidates
+        bitmap = np.zeros(1 << _BITMAP_BITS, bool)
+        bitmap[(hashes & _BITMAP_MASK).astype(np.int64)] = True
+        return cls(indexes, offs, hashes[order], items, {int(k) for k in np.unique(lens_all[~exact_all])},
+                   {int(k) for k in np.unique(lens_all[exact_all])}, bitmap)
+
+
 def match(
-    token_lists: pl.Series, indexes: list[NgramIndex], *, min_matches: int = 1, max_evidence: int = 5,
+    token_lists: pl.Series, indexes: list[NgramIndex] | Lookup, *, min_matches: int = 1, max_evidence: int = 5,
 ) -> pl.DataFrame:
     """Best-matching benchmark item per contaminated row.
 
     ``token_lists``: the corpus prompts tokenised with the indexes' normaliser (all
-    indexes must share it). Returns one row per contaminated corpus row: ``row, suite,
-    item_id, matches, item_grams, gram_len, whole_item, ngrams`` (list of overlapping
+    indexes must share it); ``indexes``: the indexes, or their ``Lookup`` (build it once when
+    matching many batches). Rows are matched independently (a gram never spans two rows), so
+    a corpus can be matched in batches. Returns one row per contaminated corpus row: ``row,
+    suite, item_id, matches, item_grams, gram_len, whole_item, ngrams`` (list of overlapping
     n-grams as text, at most ``max_evidence``).
     """
     empty = pl.DataFrame(schema={
         "row": pl.Int64, "suite": pl.Utf8, "item_id": pl.Utf8, "matches": pl.Int64,
         "item_grams": pl.Int64, "gram_len": pl.Int64, "whole_item": pl.Boolean, "ngrams": pl.List(pl.Utf8),
     })
-    if not indexes or token_lists.len() == 0:
+    lookup = indexes if isinstance(indexes, Lookup) else Lookup.build(indexes)
+    if not lookup.indexes or token_lists.len() == 0:
         return empty
-    if len({ix.normaliser for ix in indexes}) != 1:
-        raise ValueError("match() needs indexes built with one normaliser; group them by normaliser")
-    # one lookup table for all suites: concatenate and re-sort (small: benchmark-sized)
-    offs = np.cumsum([0] + [len(ix.item_ids) for ix in indexes])
-    hashes = np.concatenate([ix.hashes for ix in indexes])
-    items = np.concatenate([ix.items + o for ix, o in zip(indexes, offs)])
-    order = np.argsort(hashes, kind="stable")
-    hashes, items = hashes[order], items[order]
-    lens_all = np.concatenate([ix.lengths for ix in indexes])[order]
-    exact_all = np.concatenate([ix.exact for ix in indexes])[order]
-    need = {int(k) for k in np.unique(lens_all[~exact_all])}
-    exact = {int(k) for k in np.unique(lens_all[exact_all])}
-
-    # cheap prefilter: a bitmap over the low hash bits rejects ~all corpus grams with one
-    # gather, so the exact searchsorted only runs on the few candidates
-    bitmap = np.zeros(1 << _BITMAP_BITS, bool)
-    bitmap[(hashes & _BITMAP_MASK).astype(np.int64)] = True
+    indexes, offs, hashes, items, bitmap = lookup.indexes, lookup.offs, lookup.hashes, lookup.items, lookup.bitmap
+    need, exact = lookup.need, lookup.exact
 
     flat = Flat.from_lists(token_lists)
     hits = []  # (corpus row, start, k, gram hash, global item)
