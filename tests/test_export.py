@@ -64,7 +64,10 @@ def test_a_rerun_replaces_the_folder_and_a_missing_sample_is_an_error(tmp_path, 
     assert not (tmp_path / "y.hf").exists()
 
 
-def test_select_stage_writes_and_records_the_dataset(tmp_path, samples, feats):
+def test_select_stage_writes_and_records_the_dataset(tmp_path, samples, feats, monkeypatch):
+    """... reading of the samples only the chosen rows (never the whole table), with the
+    exports that the whole table in memory gives."""
+    import undercurve.export as export
     from undercurve.config import load_settings
     from undercurve.registry import Registry
     from undercurve.run import RunContext
@@ -79,8 +82,25 @@ def test_select_stage_writes_and_records_the_dataset(tmp_path, samples, feats):
         df.write_parquet(path)
         inputs[stage] = StageResult(stage, str(path), reg.add_artifact(ctx.run_id, stage, stage, path, df.height),
                                     df.height, df.height)
+    read, loaded = pl.read_parquet, []
+
+    def no_whole_samples(source, *a, **k):
+        assert str(source) != inputs["length_cap"].path, "select read the whole sample table"
+        return read(source, *a, **k)
+
+    monkeypatch.setattr(pl, "read_parquet", no_whole_samples)
+    chosen_only = export.read_selected
+    monkeypatch.setattr(export, "read_selected", lambda p, sel: loaded.append(chosen_only(p, sel)) or loaded[-1])
     res = select_stage(ctx, inputs["features"], inputs["length_cap"], "eas")
+    monkeypatch.undo()
     assert (res.rows_in, res.rows_out, res.set_aside) == (6, 3, 0)
+    assert [f["id"].sort().to_list() for f in loaded] == [["s1", "s3", "s5"]]  # the budget's rows, not the corpus
+    chosen = pl.read_parquet(res.path)
+    _, n = export.export_swift_jsonl(samples, chosen, tmp_path / "whole.jsonl")  # from the whole table in memory
+    assert n == 3 and Path(res.extra["jsonl"]).read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
+    whole, _ = export.export_hf_dataset(samples, chosen.join(feats.select("id", "eas"), on="id"), tmp_path / "w.hf", CARD)
+    assert pl.read_parquet(Path(res.extra["hf_dataset"]) / "data" / "train.parquet").equals(
+        pl.read_parquet(whole / "data" / "train.parquet"))
     hf = Path(res.extra["hf_dataset"])
     assert hf == settings.run_dir / "select" / "eas.hf"
     ds = datasets.load_from_disk(str(hf))

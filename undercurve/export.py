@@ -11,6 +11,14 @@ import polars as pl
 import yaml
 
 
+def read_selected(samples_path: str | Path, selection: pl.DataFrame) -> pl.DataFrame:
+    """The sample table's rows of the selection's ids only, in file order: an export holds the
+    budget's rows, never the corpus. The id filter is pushed into the Parquet reader, which
+    decodes the other columns of matching rows only (a semi-join peaked several times higher)."""
+    ids = selection["id"].unique().implode()
+    return pl.scan_parquet(samples_path).filter(pl.col("id").is_in(ids)).collect(engine="streaming")
+
+
 def export_swift_jsonl(samples: pl.DataFrame, selection: pl.DataFrame, path: str | Path) -> tuple[Path, int]:
     """Write the selected samples in selection-rank order; returns (path, rows written)."""
     rows = selection.select("id", "rank").join(samples.select("id", "prompt", "response"), on="id", how="left")

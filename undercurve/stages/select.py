@@ -1,5 +1,6 @@
 """Selection: one strategy's top-budget samples, exported as ms-swift JSONL and a ``datasets``
-dataset."""
+dataset. Reads the features table whole (summary columns only) but, of the samples, only the
+chosen rows."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ log = logging.getLogger("undercurve")
 
 def select_stage(ctx: RunContext, features: StageResult, samples: StageResult, spec: str) -> StageResult:
     """Top-budget selection for one strategy + its ms-swift JSONL and `datasets` exports."""
-    from undercurve.export import export_hf_dataset, export_swift_jsonl
+    from undercurve.export import export_hf_dataset, export_swift_jsonl, read_selected
     from undercurve.strategies import make, resolve, select
 
     sel = ctx.settings.selection
@@ -29,7 +30,7 @@ def select_stage(ctx: RunContext, features: StageResult, samples: StageResult, s
     chosen = select(df, strat, sel.budget, sel.seed)
     d = ctx.stage_dir("select")
     path = write_parquet_atomic(chosen, d / f"{strategy}.parquet")
-    sample_rows = pl.read_parquet(samples.path)
+    sample_rows = read_selected(samples.path, chosen)  # the chosen rows only, never the corpus
     jsonl, n = export_swift_jsonl(sample_rows, chosen, d / f"{strategy}.swift.jsonl")
     card = {"source": ctx.settings.corpus.source, "strategy": strategy, "budget": sel.budget,
             "config": ctx.settings.model_dump(mode="json"), "counts": {"rows_in": df.height, "selected": chosen.height}}
