@@ -46,12 +46,13 @@ def prepare_inputs(ctx: RunContext, fresh: bool = False) -> dict:
 
 @task(name="ingest", **_opts)
 def ingest(ctx: RunContext, corpus: str) -> StageResult:
-    return stages.ingest_stage(ctx, corpus)
+    return stages.ingest_stage(ctx, corpus, progress=artifact("ingest", "ingest", "rows"))
 
 
 @task(name="decontaminate", **_opts)
 def decontaminate(ctx: RunContext, prev: StageResult, demo_benchmark: str | None) -> StageResult:
-    res = stages.decontaminate_stage(ctx, prev, demo_benchmark)
+    res = stages.decontaminate_stage(ctx, prev, demo_benchmark,
+                                     progress=artifact("decontamination", "decontamination", "rows"))
     report = res.extra.get("report")
     if report:
         create_markdown_artifact(key="decontamination-report", markdown=_report_markdown(report),
@@ -61,7 +62,7 @@ def decontaminate(ctx: RunContext, prev: StageResult, demo_benchmark: str | None
 
 @task(name="length-cap", **_opts)
 def length_cap(ctx: RunContext, prev: StageResult, model: str) -> StageResult:
-    return stages.length_cap_stage(ctx, prev, model)
+    return stages.length_cap_stage(ctx, prev, model, progress=artifact("length-cap", "length cap", "rows"))
 
 
 @contextmanager

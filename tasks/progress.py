@@ -21,8 +21,8 @@ def artifact(key: str, description: str, unit: str) -> Progress:
     def update(done: int, total: int) -> None:
         if state["broken"]:
             return
-        pct = 100.0 * done / total if total else 100.0
-        text = f"{description}: {done}/{total} {unit}"
+        pct = 100.0 * done / total if total > 0 else 0.0
+        text = f"{description}: {done}/{total} {unit}" if total > 0 else f"{description}: {done} {unit} so far"
         try:
             if state["id"] is None:
                 state["id"] = create_progress_artifact(progress=pct, key=key, description=text)

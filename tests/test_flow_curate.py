@@ -142,7 +142,8 @@ def test_cli_inspects_the_registry(curated, capsys):
 
 
 def test_long_stages_report_progress_in_prefect(curated):
-    """Scoring shards and rollout steps update Prefect progress artifacts to 100 %."""
+    """Ingest, decontamination, length cap, scoring shards and rollout steps update Prefect
+    progress artifacts to 100 %."""
     import asyncio
 
     from prefect.client.orchestration import get_client
@@ -153,7 +154,8 @@ def test_long_stages_report_progress_in_prefect(curated):
             arts = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
             return [(a.type, a.data, a.description) for a in arts]
 
-    for key, unit in (("scoring", "shards"), ("pass-rate", "shards")):
+    for key, unit in (("ingest", "rows"), ("decontamination", "rows"), ("length-cap", "rows"),
+                      ("scoring", "shards"), ("pass-rate", "shards")):
         arts = asyncio.run(latest(key))
         assert arts, f"no {key} progress artifact"
         kind, data, description = arts[-1] if len(arts) == 1 else max(arts, key=lambda a: float(a[1]))

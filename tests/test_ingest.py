@@ -461,3 +461,18 @@ def test_limit(tmp_path):
     path = _write(tmp_path / "c.jsonl", [json.dumps({**AM, "id": f"a{i}"}) for i in range(5)])
     samples, aside = ingest(str(path), limit=3)
     assert samples.height == 3 and aside.height == 0
+
+
+def test_ingest_reports_progress_while_streaming(tmp_path, monkeypatch):
+    """A stream's length is known at its end: counts while reading (total 0), then done/done."""
+    import json
+
+    import undercurve.ingest as ing
+
+    src = tmp_path / "c.jsonl"
+    src.write_text("\n".join(json.dumps({"id": f"r{i}", "prompt": "q", "response": "a \\boxed{1}", "answer": "1"})
+                             for i in range(10)) + "\nnot json\n")
+    monkeypatch.setattr(ing, "PROGRESS_ROWS", 3)
+    calls = []
+    counts = ing.ingest_to(str(src), tmp_path / "s.parquet", tmp_path / "a.parquet", progress=lambda d, t: calls.append((d, t)))
+    assert counts.rows_in == 11 and calls == [(3, 0), (6, 0), (9, 0), (11, 11)]

@@ -847,8 +847,11 @@ def _aside_row(row: _Row, rec, reason: str, note: str, label: str) -> dict:
     return {"id": rid, "source": label, "stage": STAGE, "reason": reason, "detail": _safe(detail)[:DETAIL_CHARS]}
 
 
+PROGRESS_ROWS = 10_000  # a progress report every this many rows read
+
+
 def ingest_to(source: str, out_samples_path: str | Path, out_aside_path: str | Path, *, split: str = "train",
-              limit: int | None = None, box_openers=DEFAULT_BOX_OPENERS) -> IngestCounts:
+              limit: int | None = None, box_openers=DEFAULT_BOX_OPENERS, progress=None) -> IngestCounts:
     """Stream ``source`` into ``out_samples_path`` (SAMPLE_SCHEMA) and ``out_aside_path``
     (SET_ASIDE_SCHEMA), both always written, atomically. ``limit`` caps the rows read.
     Raises FileNotFoundError / SourceError for a source that cannot be read at all."""
@@ -864,6 +867,8 @@ def ingest_to(source: str, out_samples_path: str | Path, out_aside_path: str | P
             if limit is not None and counts.rows_in >= limit:
                 break
             counts.rows_in += 1
+            if progress and counts.rows_in % PROGRESS_ROWS == 0:
+                progress(counts.rows_in, 0)  # a stream: its length is known at its end
             reason, note, rec = row.reason, row.note, row.value
             if reason is None:
                 try:
@@ -885,6 +890,8 @@ def ingest_to(source: str, out_samples_path: str | Path, out_aside_path: str | P
             counts.kept += 1
         aside.commit()
         samples.commit()
+        if progress:
+            progress(counts.rows_in, counts.rows_in)
     except BaseException:
         aside.abort()
         samples.abort()

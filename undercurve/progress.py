@@ -13,7 +13,7 @@ import re
 import time
 from typing import Callable
 
-Progress = Callable[[int, int], None]  # (done, total)
+Progress = Callable[[int, int], None]  # (done, total); total 0: not known yet
 
 log = logging.getLogger("undercurve")
 
@@ -28,8 +28,11 @@ def logged(what: str, unit: str, then: Progress | None = None) -> Progress:
             return
         last[0] = done
         elapsed = max(time.monotonic() - t0, 1e-9)
-        pct = 100.0 * done / total if total else 100.0
-        log.info("%s: %d/%d %s (%.0f%%, %.2f %s/s)", what, done, total, unit, pct, done / elapsed, unit)
+        if total <= 0:  # a stream of unknown length (ingest): counts and rate only
+            log.info("%s: %d %s so far (%.2f %s/s)", what, done, unit, done / elapsed, unit)
+        else:
+            log.info("%s: %d/%d %s (%.0f%%, %.2f %s/s)", what, done, total, unit, 100.0 * done / total,
+                     done / elapsed, unit)
         if then:
             then(done, total)
 

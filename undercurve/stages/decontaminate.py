@@ -6,6 +6,8 @@ the audit are written as they come, so memory does not grow with the corpus."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import polars as pl
 
 from undercurve.io import ParquetSink, iter_parquet
@@ -16,7 +18,8 @@ from undercurve.stages.result import StageResult, _empty_aside, _finish_streamed
 BATCH_ROWS = 2048  # corpus rows in memory at a time
 
 
-def decontaminate_stage(ctx: RunContext, prev: StageResult, demo_benchmark: str | None) -> StageResult:
+def decontaminate_stage(ctx: RunContext, prev: StageResult, demo_benchmark: str | None,
+                        progress=None) -> StageResult:
     d = ctx.settings.decontam
     out = ctx.stage_dir("decontaminate")
     if not d.enabled:  # a streamed copy
@@ -32,7 +35,7 @@ def decontaminate_stage(ctx: RunContext, prev: StageResult, demo_benchmark: str 
     settings["cache_dir"] = settings.get("cache_dir") or str(ctx.settings.cache_dir / "decontam")
     schema = pl.read_parquet_schema(prev.path)  # from the footer
     filt = Decontaminator(settings)
-    rows_in = 0
+    rows_in, total = 0, _parquet_rows(Path(prev.path))
     with (ParquetSink(out / "samples.parquet", schema) as kept,
           ParquetSink(out / "set_aside.parquet", SET_ASIDE_SCHEMA) as aside,
           ParquetSink(out / "removed_audit.parquet", REMOVED_SCHEMA) as audit):
@@ -42,6 +45,8 @@ def decontaminate_stage(ctx: RunContext, prev: StageResult, demo_benchmark: str 
             aside.write(removed)  # its set-aside columns
             audit.write(removed)
             rows_in += batch.height
+            if progress:
+                progress(rows_in, total)
         audit_path = audit.commit()
         report = filt.report()
         res = _finish_streamed(ctx, "decontaminate", kept, aside, rows_in, [prev.artifact_id], extra={"report": report})

@@ -8,7 +8,7 @@ from undercurve.run import RunContext
 from undercurve.stages.result import StageResult, _empty_aside, _record
 
 
-def ingest_stage(ctx: RunContext, corpus: str) -> StageResult:
+def ingest_stage(ctx: RunContext, corpus: str, progress=None) -> StageResult:
     """Stream the corpus into samples.parquet + set_aside.parquet (never all rows in memory),
     then record them as ``_finish`` does. A corpus with no usable row fails the run."""
     from undercurve.ingest import NoUsableRows, ingest_to
@@ -17,7 +17,7 @@ def ingest_stage(ctx: RunContext, corpus: str) -> StageResult:
     d = ctx.stage_dir("ingest")
     path, aside_path = d / "samples.parquet", d / "set_aside.parquet"
     counts = ingest_to(corpus, path, aside_path, split=s.split, limit=s.limit,
-                       box_openers=ctx.settings.answers.box_openers)
+                       box_openers=ctx.settings.answers.box_openers, progress=progress)
     if counts.kept == 0 and counts.balanced:
         raise NoUsableRows(corpus, counts, aside_path if counts.set_aside else None)
     if counts.set_aside:
