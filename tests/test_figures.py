@@ -115,7 +115,7 @@ def test_no_stored_entropies_says_so(tmp_path):
 def test_a_plotting_error_is_a_missing_figure_not_a_failed_run(tmp_path, monkeypatch):
     run_dir, strategies, _, _ = _run_dir(tmp_path)
 
-    def broken(fig, path):
+    def broken(fig, title, path):
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(figures, "_save", broken)

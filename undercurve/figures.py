@@ -48,7 +48,17 @@ def _selections(run_dir: Path, strategies: list[str]) -> dict[str, pl.DataFrame]
     return {s: pl.read_parquet(p, columns=["id", "rank"]).sort("rank") for s, p in paths.items() if p.exists()}
 
 
-def _save(fig, path: Path) -> Path:
+def _label(ax, title: str, xlabel: str, ylabel: str, size: int) -> None:
+    ax.set_title(title, fontsize=size)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+
+
+def _save(fig, title: str, path: Path) -> Path:
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
@@ -92,14 +102,8 @@ def score_distributions(run_dir: Path, strategies: list[str]) -> dict[str, Figur
             if mine.size:
                 ax.hist(mine, bins=bins, density=True, histtype="step", lw=1.8, color="tab:blue",
                         label=f"{s} (n={mine.size})")
-            ax.set_title(s, fontsize=9)
-            ax.set_xlabel(c)
-            ax.set_ylabel("density")
-            ax.legend(fontsize=7)
-            ax.grid(alpha=0.3)
-        fig.suptitle(fig_.title, fontsize=10)
-        fig.tight_layout()
-        fig_.path = _save(fig, run_dir / "figures" / f"scores-{c}.png")
+            _label(ax, s, c, "density", 9)
+        fig_.path = _save(fig, fig_.title, run_dir / "figures" / f"scores-{c}.png")
     return out
 
 
@@ -150,14 +154,8 @@ def entropy_curves(run_dir: Path, strategies: list[str], n: int = 3) -> dict[str
             ax.axvline(x_T, color="tab:red", ls="--", lw=1.2, label=f"x_T = token {x_T}")
             ax.set_xlim(0.5, x_T + 0.5)
             ax.set_ylim(bottom=0)
-            ax.set_title(f"{end} #{rank} {i}", fontsize=8)
-            ax.set_xlabel("response token t")
-            ax.set_ylabel("H_t (bits)")
-            ax.legend(fontsize=7)
-            ax.grid(alpha=0.3)
-        fig.suptitle(fig_.title, fontsize=10)
-        fig.tight_layout()
-        fig_.path = _save(fig, run_dir / "figures" / f"entropy-{s}.png")
+            _label(ax, f"{end} #{rank} {i}", "response token t", "H_t (bits)", 8)
+        fig_.path = _save(fig, fig_.title, run_dir / "figures" / f"entropy-{s}.png")
     return out
 
 
