@@ -157,3 +157,24 @@ def test_without_an_override_the_dashboard_is_prefect_s_ui_for_its_api(registry,
                          cwd=REPO, capture_output=True, text=True, timeout=120, env={**env, "PREFECT_API_URL": api})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"{ui}/runs/flow-run/{FLOW_RUN}"
+
+
+def test_cache_command_shows_prunes_and_fails_cleanly(tmp_path, capsys):
+    import polars as pl
+
+    from flows.cli import main
+    from undercurve.cache import KEY, ResultCache
+
+    assert main(["cache", "--dir", str(tmp_path / "none")]) == 1  # no cache there: an error, nothing created
+    assert not (tmp_path / "none").exists()
+    cache = ResultCache.open(tmp_path / "c", "score", {"model_identity": "sha256:abc"})
+    cache.write(["k"], pl.DataFrame({KEY: ["k"]}))
+    capsys.readouterr()
+    assert main(["cache", "--dir", str(tmp_path / "c"), "--json"]) == 0
+    import json
+
+    shown = json.loads(capsys.readouterr().out)["cache"]
+    assert [(r["kind"], r["parts"], r["model"]) for r in shown] == [("score", 1, "sha256:abc")]
+    assert main(["cache", "prune", "--dir", str(tmp_path / "c")]) == 2  # say what to prune
+    assert main(["cache", "prune", "--dir", str(tmp_path / "c"), "--all", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["pruned"][0]["parts_removed"] == 1 and cache.parts() == []
