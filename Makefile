@@ -32,8 +32,9 @@ $(VLLM_VENV)/.installed: requirements/vllm.txt requirements/vllm.lock
 demo: setup
 	$(VENV)/bin/undercurve run configs/demo.yaml
 
-# The metric validation on the demo's real model: 200 graded problems x 8 samples (~30 min on
-# 2 CPU cores; not part of CI). Results: runs/validate-smollm2/analysis/report.md.
+# The metric validation on the demo's real model: 200 graded problems x 8 samples (1 h 37 min
+# measured on 2 shared CPU cores; not part of CI). Results: runs/validate-smollm2/analysis/report.md,
+# recorded in docs/validation.md.
 validate: setup
 	$(VENV)/bin/undercurve run configs/validate_smollm2.yaml --flow validate
 
