@@ -45,29 +45,78 @@ def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _context(workdir: Path, args: dict):
+def _context(workdir: Path, args: dict, extra: dict | None = None):
+    """A run of configs/demo.yaml in ``workdir``; ``extra``: more dotted overrides
+    (``benchmarks/bench_scale.py`` adds its decontamination suite, cap and run name)."""
     from undercurve.config import load_settings
     from undercurve.registry import Registry
     from undercurve.run import RunContext
 
     settings = load_settings("configs/demo.yaml", {
         "workdir": str(workdir), "scoring.mode": args["mode"], "scoring.shard_size": args["shard_size"],
-        "pass_rate.enabled": False, "selection.strategies": STRATEGIES, "selection.budget": args["budget"]})
+        "pass_rate.enabled": False, "selection.strategies": STRATEGIES, "selection.budget": args["budget"],
+        **(extra or {})})
     reg = Registry(settings.registry_path, create=True)
     return RunContext(settings, reg.start_run("curate", "bench", {}, "h"), str(settings.registry_path))
 
 
+def _synthetic_T(sid: str, tokens: int) -> int:
+    """``args["tokens_from_id"]``: a row's synthetic response length, uniform in
+    [0.5, 1.5] x ``tokens`` and fixed by its id (when ``n_tokens`` is a real tokenizer's count)."""
+    return tokens // 2 + zlib.crc32(b"T" + sid.encode()) % (tokens + 1)
+
+
 def _synthetic_score_frame(args: dict):
-    """A stand-in for ``score_frame`` with the real output schema of the checkout it runs in."""
+    """A stand-in for ``score_frame`` with the real output schema of the checkout it runs in.
+    Plain mode builds the float32 lists from one flat array per shard (the same values as
+    the row-by-row path, which 1M rows x 2,000 tokens made too slow); ``entropy`` (the derived
+    curve, dropped before storage) is left null there. With ``tokens_from_id`` (bench_scale)
+    a shard's entropies are one float32 gamma(0.5) draw and log-probabilities are -H (PPL only):
+    cheaper, the same distribution of entropies, other values."""
     import numpy as np
     import polars as pl
 
     from undercurve import eas
     from undercurve.scoring import score
 
-    def score_frame(df, settings, scorer=None):
+    def n_tokens(df) -> list[int]:
+        if args.get("tokens_from_id"):
+            return [_synthetic_T(sid, args["tokens"]) for sid in df["id"]]
+        return [int(n) for n in df["n_tokens"]]
+
+    def plain_frame(df):
+        import pyarrow as pa
+
+        Ts = np.array(n_tokens(df), np.int64)
+        offsets = np.zeros(len(Ts) + 1, np.int64)
+        np.cumsum(Ts, out=offsets[1:])
+        flat = np.empty(int(offsets[-1]), np.float32)
         rows = []
-        for sid, n in zip(df["id"], df["n_tokens"]):
+        if args.get("tokens_from_id"):  # bench_scale: one draw per shard (1M rows x 2,000 tokens)
+            rng = np.random.default_rng(zlib.crc32(df["id"][0].encode()) if df.height else 0)
+            flat = rng.standard_gamma(0.5, int(offsets[-1]), dtype=np.float32)  # SYNTHETIC, bits
+            for sid, T, a in zip(df["id"], Ts.tolist(), offsets[:-1].tolist()):
+                plain = flat[a: a + T].astype(np.float64)
+                rows.append({"id": sid, "T": T, "length": T,  # logprobs = -H: synthetic, for PPL only
+                             **eas.scores(plain[: T - 1], plain, -plain, eas.EdisParams(), exact=True)})
+        for i, (sid, T) in enumerate(zip(df["id"], Ts.tolist()) if not args.get("tokens_from_id") else ()):
+            rng = np.random.default_rng(zlib.crc32(sid.encode()))
+            plain = rng.gamma(0.5, 1.0, T)  # SYNTHETIC entropies, bits
+            logprobs = -rng.gamma(0.5, 1.0, T)
+            rows.append({"id": sid, "T": T, "length": T,
+                         **eas.scores(plain[: T - 1], plain, logprobs, eas.EdisParams(), exact=True)})
+            flat[offsets[i]: offsets[i + 1]] = plain
+        lists = pl.from_arrow(pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(flat)))
+        out = pl.DataFrame(rows).with_columns(pl.lit("torch").alias("engine"), pl.lit("plain").alias("mode"),
+                                              lists.alias("plain_entropy"))
+        return out.select([(pl.col(c) if c in out.columns else pl.lit(None)).cast(t).alias(c)
+                           for c, t in score.SCORE_SCHEMA.items()])
+
+    def score_frame(df, settings, scorer=None):
+        if args["mode"] == "plain":
+            return plain_frame(df), []
+        rows = []
+        for sid, n in zip(df["id"], n_tokens(df)):
             rng = np.random.default_rng(zlib.crc32(sid.encode()))
             T = int(n)
             plain = rng.gamma(0.5, 1.0, T)  # SYNTHETIC entropies, bits
@@ -129,7 +178,7 @@ def measure(workdir: Path, args: dict) -> dict:
     shards = stages.score_plan(ctx, prev, "synthetic")  # the same shards (inputs unchanged): no rescoring
     assert all(isinstance(s, Shard) for s in shards)
     t0 = time.perf_counter()
-    scores = stages.score_merge(ctx, prev, shards)
+    scores = stages.score_merge(ctx, prev, shards, "synthetic")
     out["merge_s"], out["peak_after_merge_mib"] = time.perf_counter() - t0, _peak_mib()
     t0 = time.perf_counter()
     feats = stages.features_stage(ctx, prev, scores, None)
@@ -139,27 +188,32 @@ def measure(workdir: Path, args: dict) -> dict:
         stages.select_stage(ctx, feats, prev, s)
     out["select_s"], out["peak_mib"] = time.perf_counter() - t0, _peak_mib()
     out["features_list_columns"] = [c for c, t in pl.read_parquet_schema(feats.path).items() if isinstance(t, pl.List)]
-    out.update(_disk(ctx.run_dir / "score"))
+    out.update(_disk(ctx.run_dir / "score", ctx.settings.cache_dir / "score"))
     return out
 
 
-def _disk(score_dir: Path) -> dict:
-    """Bytes of the score files: shard outputs (the resumable cache), per-token parts, and the
-    merged table(s) in ``score/`` (inputs and set-aside rows left out)."""
-    files = [p for p in score_dir.rglob("*.parquet") if not p.name.startswith(("input-", ".", "set_aside"))]
+def _disk(score_dir: Path, cache_dir: Path | None = None) -> dict:
+    """Bytes of the score files: shard outputs (the resumable cache: ``shard-*`` in ``score/``
+    before the content-keyed cache, ``part-*`` in ``cache_dir`` since), per-token parts, and
+    the merged table(s) in ``score/`` (inputs, keys and set-aside rows left out)."""
+    roots = [score_dir] + ([cache_dir] if cache_dir is not None and cache_dir.is_dir() else [])
+    files = [p for r in roots for p in r.rglob("*.parquet")
+             if not p.name.startswith(("input-", ".", "set_aside", "pending", "keys"))]
 
     def size(pred) -> int:
         return sum(p.stat().st_size for p in files if pred(p))
 
     return {"score_bytes": size(lambda p: True),
-            "shard_bytes": size(lambda p: p.name.startswith("shard-")),
-            "entropies_part_bytes": size(lambda p: p.name.startswith("entropies-")),
+            "shard_bytes": size(lambda p: p.name.startswith(("shard-", "part-"))),
+            "entropies_part_bytes": size(lambda p: p.name.startswith("entropies-") or p.name.endswith(".entropies.parquet")),
             "merged_scores_bytes": size(lambda p: p.parent == score_dir)}
 
 
-def child(code: Path, phase: str, workdir: Path, args: dict) -> dict:
+def child(code: Path, phase: str, workdir: Path, args: dict, script: str = __file__) -> dict:
+    """Run ``phase`` of ``script`` (``--child PHASE WORKDIR ARGS``) in a fresh process; its last
+    stdout line (JSON) back."""
     env = {**os.environ, "PYTHONPATH": str(code), "POLARS_MAX_THREADS": str(args["threads"])}
-    cmd = [sys.executable, __file__, "--child", phase, str(workdir), json.dumps(args)]
+    cmd = [sys.executable, script, "--child", phase, str(workdir), json.dumps(args)]
     proc = subprocess.run(cmd, cwd=code, env=env, capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"{phase} in {code} failed:\n{proc.stderr[-4000:]}")
