@@ -100,6 +100,9 @@ def _gsm8k_record(rid: str, p: dict, instruction: bool = True) -> dict:
     return {"id": rid, "question": f"{p['question']} {INSTRUCTION}" if instruction else p["question"], "answer": cot}
 
 
+MAX_MISSES = 500  # draws of one level before its questions count as used up (one-digit sums: 81)
+
+
 def write_demo_inputs(out_dir: str | Path, size: int = 48, seed: int = 0, bench_size: int = 24) -> tuple[Path, Path]:
     """Write ``corpus.jsonl`` and ``benchmark_gsm8k.jsonl`` (idempotent); return their paths.
 
@@ -116,11 +119,19 @@ def write_demo_inputs(out_dir: str | Path, size: int = 48, seed: int = 0, bench_
     seen = {p["question"] for p in train}
     brng = random.Random(seed + 1000)
     held_out: list[dict] = []
+    level, misses, skipped = 0, 0, 0
     while len(held_out) < bench_size:
-        p = _item(len(held_out) % 5, brng)
+        p = _item(level % 5, brng)
         if p["question"] not in seen:
             seen.add(p["question"])
             held_out.append(p)
+            level, misses, skipped = level + 1, 0, 0
+            continue
+        misses += 1
+        if misses >= MAX_MISSES:  # a large corpus holds every question of this level: the next level
+            level, misses, skipped = level + 1, 0, skipped + 1
+            if skipped >= 5:
+                raise ValueError(f"corpus.demo_size {size}: no held-out problem left that the corpus lacks")
     # the benchmark's own prompt template asks for the box: its questions are bare
     bench_lines = [json.dumps(_gsm8k_record(f"bench-{i}", p, instruction=False) | {"level": p["level"]})
                    for i, p in enumerate(held_out)]

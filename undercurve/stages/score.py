@@ -76,7 +76,8 @@ def score_plan(ctx: RunContext, prev: StageResult, model: str) -> list[Shard]:
         if stale.name not in {Path(s.input_path).name for s in shards}:
             stale.unlink()
     n_rows = _parquet_rows(keys)
-    log.info("score: %d samples, %d scored before (cache %s), %d to score in %d shards",
+    log.info("score: %d samples, %d reused (in the cache %s, or the same content as another row), "
+             "%d to score in %d shards",
              n_rows, n_rows - n_todo, cache.root, n_todo, len(shards))
     return shards
 
