@@ -155,6 +155,17 @@ class ResultCache:
         return (pl.scan_parquet(parts, include_file_paths="part").select(KEY, "part")
                 .unique(KEY, keep="first", maintain_order=True))
 
+    def missing(self, keys: str | Path) -> pl.LazyFrame:
+        """``id, key`` of the rows of a ``content_keys`` file whose key no verified part holds,
+        one row per distinct key (a repeated content is computed once)."""
+        return (pl.scan_parquet(keys).join(self.index(self.parts()), on=KEY, how="anti")
+                .unique(KEY, keep="first", maintain_order=True).select("id", KEY))
+
+    def holding(self, keys: str | Path, parts: list[Path]) -> list[str]:
+        """The parts (of ``parts``) that hold a key of a ``content_keys`` file: what a run reads."""
+        return (pl.scan_parquet(keys).join(self.index(parts), on=KEY, how="inner").select("part").unique()
+                .collect()["part"].to_list())
+
     @staticmethod
     def side_path(part: str | Path, table: str) -> Path:
         """A part's side table: ``part-X.parquet`` -> ``part-X.<table>.parquet``."""

@@ -37,8 +37,7 @@ def pass_rate_stage(ctx: RunContext, prev: StageResult, model: str, progress=Non
     d = ctx.stage_dir("pass_rate")
     cache = pass_rate_cache(ctx, model, sampling_backend(pr.engine))
     keys = content_keys(prev.path, ROLLOUT_FIELDS, d / "keys.parquet")
-    todo = (pl.scan_parquet(keys).join(cache.index(cache.parts()), on=KEY, how="anti")
-            .unique(KEY, keep="first", maintain_order=True).select("id", KEY))
+    todo = cache.missing(keys)
     # prompts and answers of the new samples only (the responses are never read here)
     pending = (pl.scan_parquet(prev.path).select("id", "prompt", "answer")
                .join(todo, on="id", how="inner", maintain_order="left").collect())
@@ -55,7 +54,7 @@ def pass_rate_stage(ctx: RunContext, prev: StageResult, model: str, progress=Non
 
     parts = cache.parts()
     run_keys = pl.scan_parquet(keys).select("id", KEY)
-    used = [p for p in run_keys.join(cache.index(parts), on=KEY, how="inner").select("part").unique().collect()["part"]]
+    used = cache.holding(keys, parts)
     rates = run_keys.join(cache.rows(used), on=KEY, how="left", maintain_order="left")
     missing = rates.filter(pl.col("pass_rate").is_null()).select(pl.len()).collect().item()
     if missing:

@@ -61,8 +61,7 @@ def score_plan(ctx: RunContext, prev: StageResult, model: str) -> list[Shard]:
     d = ctx.stage_dir("score")
     cache = score_cache(ctx, model)
     keys = content_keys(prev.path, SCORE_FIELDS, d / "keys.parquet")
-    todo = (pl.scan_parquet(keys).join(cache.index(cache.parts()), on=KEY, how="anti")
-            .unique(KEY, keep="first", maintain_order=True).select("id", KEY))
+    todo = cache.missing(keys)
     pending = _sink_atomic(pl.scan_parquet(prev.path).join(todo, on="id", how="inner", maintain_order="left"),
                            d / "pending.parquet")
     n_todo, size = _parquet_rows(pending), ctx.settings.scoring.shard_size
@@ -72,8 +71,9 @@ def score_plan(ctx: RunContext, prev: StageResult, model: str) -> list[Shard]:
         out = cache.part_path(part[KEY].to_list())
         inp = write_parquet_atomic(part, d / "pending" / f"input-{i:05d}.parquet")
         shards.append(Shard(i, str(inp), str(out), cache.part_fingerprint(out)))
+    current = {Path(s.input_path).name for s in shards}
     for stale in (d / "pending").glob("input-*.parquet"):
-        if stale.name not in {Path(s.input_path).name for s in shards}:
+        if stale.name not in current:
             stale.unlink()
     n_rows = _parquet_rows(keys)
     log.info("score: %d samples, %d reused (in the cache %s, or the same content as another row), "
@@ -165,7 +165,7 @@ def score_merge(ctx: RunContext, prev: StageResult, shards: list[Shard], model: 
     d = ctx.stage_dir("score")
     parts = cache.parts()
     keys = pl.scan_parquet(d / "keys.parquet")
-    used = keys.join(cache.index(parts), on=KEY, how="inner").select("part").unique().collect()["part"].to_list()
+    used = cache.holding(d / "keys.parquet", parts)
     rows = keys.join(cache.rows([Path(p) for p in used]) if used else _no_parts(), on=KEY, how="left",
                      maintain_order="left")
     unscored = rows.filter(pl.col("eas").is_null() & pl.col(ASIDE_FLAG).is_null()).select(pl.len()).collect().item()
