@@ -62,7 +62,7 @@ def _context(workdir: Path, args: dict, extra: dict | None = None):
 
 def _synthetic_T(sid: str, tokens: int) -> int:
     """``args["tokens_from_id"]``: a row's synthetic response length, uniform in
-    [0.5, 1.5] x ``tokens`` and fixed by its id (when ``n_tokens`` is a real tokenizer's count)."""
+    [0.5, 1.5] x ``tokens`` and fixed by its id (when ``chat_tokens`` is a real tokenizer's count)."""
     return tokens // 2 + zlib.crc32(b"T" + sid.encode()) % (tokens + 1)
 
 
@@ -82,7 +82,7 @@ def _synthetic_score_frame(args: dict):
     def n_tokens(df) -> list[int]:
         if args.get("tokens_from_id"):
             return [_synthetic_T(sid, args["tokens"]) for sid in df["id"]]
-        return [int(n) for n in df["n_tokens"]]
+        return [int(n) for n in df["chat_tokens"]]
 
     def plain_frame(df):
         import pyarrow as pa
@@ -97,13 +97,13 @@ def _synthetic_score_frame(args: dict):
             flat = rng.standard_gamma(0.5, int(offsets[-1]), dtype=np.float32)  # SYNTHETIC, bits
             for sid, T, a in zip(df["id"], Ts.tolist(), offsets[:-1].tolist()):
                 plain = flat[a: a + T].astype(np.float64)
-                rows.append({"id": sid, "T": T, "length": T,  # logprobs = -H: synthetic, for PPL only
+                rows.append({"id": sid, "T": T, "response_tokens": T,  # logprobs = -H: synthetic, for PPL only
                              **eas.scores(plain[: T - 1], plain, -plain, eas.EdisParams(), exact=True)})
         for i, (sid, T) in enumerate(zip(df["id"], Ts.tolist()) if not args.get("tokens_from_id") else ()):
             rng = np.random.default_rng(zlib.crc32(sid.encode()))
             plain = rng.gamma(0.5, 1.0, T)  # SYNTHETIC entropies, bits
             logprobs = -rng.gamma(0.5, 1.0, T)
-            rows.append({"id": sid, "T": T, "length": T,
+            rows.append({"id": sid, "T": T, "response_tokens": T,
                          **eas.scores(plain[: T - 1], plain, logprobs, eas.EdisParams(), exact=True)})
             flat[offsets[i]: offsets[i + 1]] = plain
         lists = pl.from_arrow(pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(flat)))
@@ -123,7 +123,7 @@ def _synthetic_score_frame(args: dict):
             suffix = rng.gamma(0.5, 1.0, (T - 1, args["suffix"])) if args["mode"] == "probe" else None
             H = suffix[:, -1] if suffix is not None else plain[: T - 1]
             logprobs = -rng.gamma(0.5, 1.0, T)
-            rows.append({"id": sid, "engine": "torch", "mode": args["mode"], "T": T, "length": T,
+            rows.append({"id": sid, "engine": "torch", "mode": args["mode"], "T": T, "response_tokens": T,
                          **eas.scores(H, plain, logprobs, eas.EdisParams(), exact=True),
                          "topk_mass_mean": None, "topk_mass_min": None, "topk_bound": None,
                          "entropy": H.tolist(), "plain_entropy": plain.tolist(),
@@ -149,7 +149,7 @@ def prepare(workdir: Path, args: dict) -> dict:
         "id": [f"s{i:08d}" for i in range(n)], "source": "bench",
         "prompt": [f"Question {i}: what is {i} + {i}?" for i in range(n)],
         "response": [f"<think>{i} + {i} = {2 * i}</think> The answer is \\boxed{{{2 * i}}}." for i in range(n)],
-        "answer": [str(2 * i) for i in range(n)], "answer_source": "field", "n_tokens": tokens})
+        "answer": [str(2 * i) for i in range(n)], "answer_source": "field", "chat_tokens": tokens})
     path = write_parquet_atomic(samples, ctx.stage_dir("length_cap") / "samples.parquet")
     prev = stages.StageResult("length_cap", str(path), "bench", n, n)
     score.score_frame = _synthetic_score_frame(args)

@@ -211,7 +211,7 @@ def run_vllm(model: Path, work: Path, groups: dict[int, list[dict]], args) -> tu
         n = len(samples)
         roll = pl.read_parquet(work / f"roll{T}_out.parquet")
         out[T] = {"rollouts": secs[f"rollouts-T{T}"] / n, "probe": secs[f"probe-T{T}"] / n,
-                  "plain": secs[f"plain-T{T}"] / n, "gen_tokens": int(roll["n_tokens"].sum()) / n,
+                  "plain": secs[f"plain-T{T}"] / n, "gen_tokens": int(roll["response_tokens"].sum()) / n,
                   "max_tokens": max(s["response_tokens"] for s in samples),
                   "finish": dict(roll["finish_reason"].value_counts().iter_rows())}
     meta = {"wall": wall, "engine_start": float(m.group(1)) if m else float("nan"),

@@ -80,7 +80,7 @@ def main() -> None:
             continue
         wall = time.time() - t0
         ro = pl.read_parquet(step["output"])
-        tokens = int(ro["n_tokens"].sum())
+        tokens = int(ro["response_tokens"].sum())
         stopped = float((ro["finish_reason"] == "stop").mean())
         step_s = result["steps"][0]["seconds"]
         lines.append(f"| {backend} | {wall:.1f} | {step_s:.1f} | {tokens} | {tokens / step_s:.1f} | {stopped:.0%} | "

@@ -224,27 +224,27 @@ def floor(workdir: Path, args: dict) -> dict:
         chat = pl.concat_str(pl.lit("<|im_start|>user\n"), "prompt", pl.lit("<|im_end|>\n<|im_start|>assistant\n"),
                              "response", pl.lit("<|im_end|>\n"))
         lf = pl.scan_parquet(st["decontaminate"]["path"]).with_columns(
-            chat.map_batches(lengths, return_dtype=pl.Int64, is_elementwise=True).alias("n_tokens"))
+            chat.map_batches(lengths, return_dtype=pl.Int64, is_elementwise=True).alias("chat_tokens"))
         lf.sink_parquet(f / "tokens.parquet", **go)  # tokenised once, then split by the cap
         lf = pl.scan_parquet(f / "tokens.parquet")
-        pl.collect_all([lf.filter(pl.col("n_tokens") <= args["cap"]).sink_parquet(f / "length.parquet", lazy=True),
-                        lf.filter(pl.col("n_tokens") > args["cap"]).select("id", "source", "n_tokens")
+        pl.collect_all([lf.filter(pl.col("chat_tokens") <= args["cap"]).sink_parquet(f / "length.parquet", lazy=True),
+                        lf.filter(pl.col("chat_tokens") > args["cap"]).select("id", "source", "chat_tokens")
                         .sink_parquet(f / "length_aside.parquet", lazy=True)], **go)
         (f / "tokens.parquet").unlink()
         rows = pl.scan_parquet(f / "length.parquet").select(pl.len()).collect().item()
-        real = pl.scan_parquet(st["length_cap"]["path"]).select(pl.col("n_tokens").sum()).collect().item()
-        mine = pl.scan_parquet(f / "length.parquet").select(pl.col("n_tokens").sum()).collect().item()
+        real = pl.scan_parquet(st["length_cap"]["path"]).select(pl.col("chat_tokens").sum()).collect().item()
+        mine = pl.scan_parquet(f / "length.parquet").select(pl.col("chat_tokens").sum()).collect().item()
         out["same_token_counts"] = real == mine
     elif name == "features":
         from undercurve.strategies import SCORE_COLUMNS
 
-        (pl.scan_parquet(st["length_cap"]["path"]).select("id", "n_tokens")
+        (pl.scan_parquet(st["length_cap"]["path"]).select("id", "chat_tokens")
          .join(pl.scan_parquet(st["score_merge"]["path"]).select("id", *SCORE_COLUMNS), on="id", how="inner",
                maintain_order="left").sink_parquet(f / "features.parquet", **go))
         rows = pl.scan_parquet(f / "features.parquet").select(pl.len()).collect().item()
     elif name == "select":  # per strategy: top-k, the chosen rows only, selection Parquet + JSONL + dataset files
         feats = pl.read_parquet(st["features"]["path"])
-        orders = {"random": (pl.col("id").hash(args["seed"]), False), "length": (pl.col("n_tokens"), True),
+        orders = {"random": (pl.col("id").hash(args["seed"]), False), "length": (pl.col("chat_tokens"), True),
                   "eas": (pl.col("eas"), True)}
         rows = 0
         for strat in STRATEGIES:

@@ -56,7 +56,7 @@ def scored_run(tmp_path, tiny_model):
 
     corpus, _ = write_demo_inputs(tmp_path / "inputs", size=4, seed=3)
     samples, _ = ingest(str(corpus))
-    samples = samples.filter(pl.col("id").str.starts_with("demo")).head(3).with_columns(n_tokens=pl.lit(10, pl.Int64))
+    samples = samples.filter(pl.col("id").str.starts_with("demo")).head(3).with_columns(chat_tokens=pl.lit(10, pl.Int64))
     path = tmp_path / "samples.parquet"
     samples.write_parquet(path)
     prev = StageResult("length_cap", str(path), "parent", samples.height, samples.height)
@@ -126,7 +126,7 @@ def test_features_from_a_scores_file_with_lists_keep_summaries_only(scored_run):
     summary.join(tokens, on="id").write_parquet(with_lists)
     feats = pl.read_parquet(features_stage(ctx, StageResult("length_cap", prev.path, "p", 3, 3),
                                            StageResult("score", str(with_lists), res.artifact_id, 3, 3), None).path)
-    assert not _lists(feats) and set(feats.columns) == {"id", "n_tokens", "eas", "mean_eas", "ppl", "edis", "edis_exact"}
+    assert not _lists(feats) and set(feats.columns) == {"id", "chat_tokens", "eas", "mean_eas", "ppl", "edis", "edis_exact"}
     # and the curve reader finds the lists there when the scores file holds them
     with_lists.replace(ctx.run_dir / "score" / "scores.parquet")
     (ctx.run_dir / "score" / "entropies.json").unlink()

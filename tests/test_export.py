@@ -22,7 +22,7 @@ def samples():
 
 @pytest.fixture
 def feats(samples):
-    return pl.DataFrame({"id": samples["id"], "n_tokens": [10, 20, 30, 40, 50, 60],
+    return pl.DataFrame({"id": samples["id"], "chat_tokens": [10, 20, 30, 40, 50, 60],
                          "eas": [3.0, 9.0, 1.0, 7.0, None, 5.0]})
 
 

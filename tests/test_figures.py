@@ -27,7 +27,7 @@ def _score_rows(mode: str, rng) -> tuple[list[dict], dict[str, np.ndarray]]:
         plain = rng.uniform(0, 3, T)  # H_1..H_T
         suffix = rng.uniform(0, 3, (T - 1, SUFFIX))  # probe: [T-1][suffix position]
         H = suffix[:, -1] if mode == "probe" else plain[: T - 1]
-        rows.append({"id": f"s{k}", "engine": "torch", "mode": mode, "T": T, "length": T + 5,  # text after x_T
+        rows.append({"id": f"s{k}", "engine": "torch", "mode": mode, "T": T, "response_tokens": T + 5,  # text after x_T
                      **eas.scores(H, plain, rng.normal(-1, 0.3, T + 5)),
                      "entropy": H.tolist(), "plain_entropy": plain.tolist(),
                      "suffix_entropy": suffix.tolist() if mode == "probe" else None})
@@ -40,7 +40,7 @@ def _run_dir(tmp_path, mode="probe", scored=True, entropies=True):
     rng = np.random.default_rng(7)
     rows, curves = _score_rows(mode, rng)
     summary, tokens = split_scores(pl.DataFrame(rows, schema=SCORE_SCHEMA))
-    feats = pl.DataFrame({"id": summary["id"], "n_tokens": rng.integers(20, 400, N)})
+    feats = pl.DataFrame({"id": summary["id"], "chat_tokens": rng.integers(20, 400, N)})
     if scored:
         stored = summary.join(tokens, on="id", maintain_order="left") if entropies else summary
         write_parquet_atomic(stored, tmp_path / "score" / "scores.parquet")
@@ -61,7 +61,7 @@ def _decodes(path) -> None:
 def test_score_distributions_one_png_per_signal(tmp_path):
     run_dir, strategies, _, _ = _run_dir(tmp_path)
     figs = figures.score_distributions(run_dir, strategies)
-    assert set(figs) == {f"scores-{c}" for c in ("n_tokens", "eas", "mean_eas", "ppl", "edis")}  # no pass_rate column
+    assert set(figs) == {f"scores-{c}" for c in ("chat_tokens", "eas", "mean_eas", "ppl", "edis")}  # no pass_rate column
     for name, f in figs.items():
         assert f.path == run_dir / "figures" / f"{name}.png" and not f.missing
         _decodes(f.path)
@@ -100,8 +100,8 @@ def test_no_score_stage_gives_no_entropy_figure_and_says_why(tmp_path):
     figs = figures.curation_figures(run_dir, strategies)
     assert figs["entropy"].path is None and "no score stage" in figs["entropy"].missing
     assert not list((run_dir / "figures").glob("entropy-*.png"))
-    assert set(figs) == {"scores-n_tokens", "entropy"}
-    _decodes(figs["scores-n_tokens"].path)
+    assert set(figs) == {"scores-chat_tokens", "entropy"}
+    _decodes(figs["scores-chat_tokens"].path)
     assert "entropy: figure missing: no entropy curves: this run has no score stage" in figures.markdown_links(figs)
 
 

@@ -141,25 +141,49 @@ def test_cli_inspects_the_registry(curated, capsys):
     assert "eas" in out and "length" in out  # pass_rate: no eligible sample with the random model
 
 
+def _flow_run_id(workdir, run_id) -> str:
+    return str(Registry(workdir / "registry.duckdb").query(
+        "SELECT prefect_flow_run_id FROM runs WHERE run_id = ?", [run_id])["prefect_flow_run_id"][0])
+
+
 def test_long_stages_report_progress_in_prefect(curated):
     """Ingest, decontamination, length cap, scoring shards and rollout steps update Prefect
-    progress artifacts to 100 %."""
+    progress artifacts to 100 %: this run's own (its flow run and its subflows), not another
+    test's run with the same artifact key."""
     import asyncio
 
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey,
+                                                FlowRunFilter, FlowRunFilterParentFlowRunId)
 
-    async def latest(key):
+    workdir, summary = curated
+    parent = _flow_run_id(workdir, summary["run_id"])
+
+    async def progress(key):
         async with get_client() as client:
-            arts = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+            children = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent])))
+            runs = [parent, *(str(r.id) for r in children)]
+            arts = await client.read_artifacts(artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=runs)))
             return [(a.type, a.data, a.description) for a in arts]
 
     for key, unit in (("ingest", "rows"), ("decontamination", "rows"), ("length-cap", "rows"),
                       ("scoring", "shards"), ("pass-rate", "shards")):
-        arts = asyncio.run(latest(key))
-        assert arts, f"no {key} progress artifact"
-        kind, data, description = arts[-1] if len(arts) == 1 else max(arts, key=lambda a: float(a[1]))
+        arts = asyncio.run(progress(key))
+        assert len(arts) == 1, f"{key}: {len(arts)} progress artifacts for this run: {arts}"
+        kind, data, description = arts[0]
         assert kind == "progress" and float(data) == 100.0 and unit in description, arts
+
+
+def test_one_name_per_token_count(curated):
+    """Every Parquet file the run wrote (and the cache parts it used) names a token count
+    chat_tokens or response_tokens: never n_tokens, length or scored_tokens."""
+    workdir, summary = curated
+    files = sorted((workdir / "demo").rglob("*.parquet")) + sorted((workdir / "cache").rglob("*.parquet"))
+    cols = {c: str(p.relative_to(workdir)) for p in files for c in pl.read_parquet_schema(p)}
+    counts = {c for c in cols if c.endswith("tokens") or c in ("length", "n_tokens", "scored_tokens")}
+    assert counts == {"chat_tokens", "response_tokens"}, {c: cols[c] for c in counts}
 
 
 def test_the_run_explains_itself(curated):
@@ -198,8 +222,7 @@ def test_the_run_draws_its_figures(curated):
     assert sorted(missing) == [f"entropy-{s}: figure missing: the selection is empty" for s in sorted(empty)], missing
 
     # this run's artifact: other tests of the session make artifacts with the same key
-    flow_run_id = Registry(workdir / "registry.duckdb").query(
-        "SELECT prefect_flow_run_id FROM runs WHERE run_id = ?", [summary["run_id"]])["prefect_flow_run_id"][0]
+    flow_run_id = _flow_run_id(workdir, summary["run_id"])
 
     async def markdown(key):
         async with get_client() as client:
@@ -221,8 +244,7 @@ def test_the_dashboard_graph_is_the_pipeline(curated):
     from prefect.client.schemas.filters import FlowRunFilter
 
     workdir, summary = curated
-    flow_run_id = Registry(workdir / "registry.duckdb").query(
-        "SELECT prefect_flow_run_id FROM runs WHERE run_id = ?", [summary["run_id"]])["prefect_flow_run_id"][0]
+    flow_run_id = _flow_run_id(workdir, summary["run_id"])
 
     async def edges():
         async with get_client() as client:

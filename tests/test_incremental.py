@@ -21,7 +21,7 @@ def corpus(tmp_path):
 
     path, _ = write_demo_inputs(tmp_path / "inputs", size=12, seed=5)
     samples, _ = ingest(str(path))
-    return samples.filter(pl.col("id").str.starts_with("demo")).head(9).with_columns(n_tokens=pl.lit(10, pl.Int64))
+    return samples.filter(pl.col("id").str.starts_with("demo")).head(9).with_columns(chat_tokens=pl.lit(10, pl.Int64))
 
 
 def _run(tmp_path, name, samples, model, spy, **overrides):

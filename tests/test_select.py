@@ -11,7 +11,7 @@ from undercurve.strategies import select
 def feats():
     return pl.DataFrame({
         "id": [f"s{i}" for i in range(8)],
-        "n_tokens": [10, 50, 30, 50, 20, 70, 40, 60],
+        "chat_tokens": [10, 50, 30, 50, 20, 70, 40, 60],
         "pass_rate": [0.0, 0.25, 0.5, 1.0, 0.25, 0.75, None, 0.5],
         "eas": [3.0, 9.0, 1.0, 7.0, float("nan"), 5.0, 8.0, None],
     })
@@ -108,7 +108,7 @@ def test_a_strategy_from_outside_the_package(tmp_path, monkeypatch, feats):
         "    name = 'shortest'\n"
         "    higher_first = False\n"
         "    def score(self, df):\n"
-        "        return df.with_columns(pl.col('n_tokens').alias('score'))\n")
+        "        return df.with_columns(pl.col('chat_tokens').alias('score'))\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     from undercurve.config import load_settings
 

@@ -147,7 +147,7 @@ def test_probe_and_plain_match_reference(models, tokenizer, which, k):
             np.testing.assert_allclose(r["plain_entropy"], ref_plain, atol=ATOL, rtol=0)
             # log PPL is a mean of fp32 log-probs (nats, magnitude < 10): 1e-4 like an entropy
             assert math.log(r["ppl"]) == pytest.approx(math.log(ref_ppl), abs=ATOL)
-            assert (r["T"], r["length"]) == (traj.T, len(traj.response_ids))
+            assert (r["T"], r["response_tokens"]) == (traj.T, len(traj.response_ids))
         # plain mode: EAS over the response's own next-token entropies, no suffix
         assert prow["suffix_entropy"] is None
         np.testing.assert_allclose(prow["entropy"], ref_plain[:-1], atol=ATOL, rtol=0)

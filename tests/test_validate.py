@@ -91,9 +91,9 @@ def test_pearson_against_hand_computation():
 
 def test_correlation_table():
     df = pl.DataFrame({"answer_entropy": [0.0, 1.0, 2.0, 1.5], "correctness_entropy": [0.0, 1.0, 0.5, 0.9],
-                       "eas": [1.0, 3.0, 5.0, 4.0], "ppl": [4.0, 3.0, 2.0, 1.0], "length": [1, 2, 3, 4]})
+                       "eas": [1.0, 3.0, 5.0, 4.0], "ppl": [4.0, 3.0, 2.0, 1.0], "response_tokens": [1, 2, 3, 4]})
     t = correlation_table(df)
-    assert set(t["metric"]) == {"eas", "ppl", "length"} and t.height == 6
+    assert set(t["metric"]) == {"eas", "ppl", "response_tokens"} and t.height == 6
     eas = t.filter((pl.col("metric") == "eas") & (pl.col("target") == "answer_entropy")).row(0, named=True)
     assert eas["r"] == pytest.approx(1.0) and eas["n"] == 4
     ppl = t.filter((pl.col("metric") == "ppl") & (pl.col("target") == "answer_entropy"))["r"][0]
@@ -240,7 +240,7 @@ def test_figures_are_written(tmp_path):
     H = rng.uniform(0, 3, 40).tolist()
     row = {"id": "q1", "entropy": H, "plain_entropy": H, "eas": float(sum(H)), "answer_entropy": 1.2}
     df = pl.DataFrame({"answer_entropy": rng.uniform(0, 2, 12), "eas": rng.uniform(0, 50, 12), "mean_eas": rng.uniform(0, 3, 12),
-                       "ppl": rng.uniform(1, 5, 12), "length": rng.integers(10, 100, 12), "edis": rng.uniform(0, 9, 12)})
+                       "ppl": rng.uniform(1, 5, 12), "response_tokens": rng.integers(10, 100, 12), "edis": rng.uniform(0, 9, 12)})
     curves = pl.DataFrame([{"id": "q", "t": t, "T": 10, "option": o, "gold": o == "B", "p": 0.1, "decayed": 0.1 * t}
                            for o in "ABCD" for t in range(1, 10)])
     bon = pl.DataFrame([{"m": m, "k": 2, "N": 2 * m, "strategy": s, "questions": 5, "accuracy": 0.1 * m}

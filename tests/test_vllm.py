@@ -119,7 +119,7 @@ def test_topk_within_truncation_bound(vllm_job, torch_rows, mode):
     truncated_somewhere = False
     for r in rows:
         exact = torch_rows[(mode, r["id"])]
-        assert (r["T"], r["length"]) == (exact["T"], exact["length"])
+        assert (r["T"], r["response_tokens"]) == (exact["T"], exact["response_tokens"])
         assert 0 < r["topk_mass_min"] <= r["topk_mass_mean"] <= 1 + 1e-6
         H, H_exact = np.array(r["entropy"]), np.array(exact["entropy"])
         assert H.shape == H_exact.shape == (r["T"] - 1,)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import polars as pl
 
-SIGNALS = ("n_tokens", "eas", "mean_eas", "ppl", "edis", "pass_rate")
+SIGNALS = ("chat_tokens", "eas", "mean_eas", "ppl", "edis", "pass_rate")
 
 
 def _table(df: pl.DataFrame) -> list[str]:

@@ -31,12 +31,12 @@ def token_lengths(tokenizer, df: pl.DataFrame, batch: int = 512) -> list[int]:
 
 
 def cap_length(tokenizer, df: pl.DataFrame, max_tokens: int) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """-> (rows within the cap with an ``n_tokens`` column, set-aside rows over it)."""
-    df = df.with_columns(pl.Series("n_tokens", token_lengths(tokenizer, df), dtype=pl.Int64))
-    over = df.filter(pl.col("n_tokens") > max_tokens)
+    """-> (rows within the cap with an ``chat_tokens`` column, set-aside rows over it)."""
+    df = df.with_columns(pl.Series("chat_tokens", token_lengths(tokenizer, df), dtype=pl.Int64))
+    over = df.filter(pl.col("chat_tokens") > max_tokens)
     aside = set_aside_frame(
         [{"id": r["id"], "source": r["source"], "reason": f"over length cap ({max_tokens} tokens)",
-          "detail": f"{r['n_tokens']} tokens"} for r in over.select("id", "source", "n_tokens").to_dicts()],
+          "detail": f"{r['chat_tokens']} tokens"} for r in over.select("id", "source", "chat_tokens").to_dicts()],
         STAGE,
     )
-    return df.filter(pl.col("n_tokens") <= max_tokens), aside
+    return df.filter(pl.col("chat_tokens") <= max_tokens), aside

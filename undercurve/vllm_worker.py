@@ -50,7 +50,7 @@ SCORE_DEFAULTS = {
 }
 ROLLOUT_SCHEMA = {
     "id": pl.Utf8, "rollout": pl.Int64, "text": pl.Utf8, "extracted": pl.Utf8, "correct": pl.Boolean,
-    "finish_reason": pl.Utf8, "n_tokens": pl.Int64,
+    "finish_reason": pl.Utf8, "response_tokens": pl.Int64,
 }
 PASS_RATE_SCHEMA = {"id": pl.Utf8, "n": pl.Int64, "n_correct": pl.Int64, "pass_rate": pl.Float64}
 
@@ -213,12 +213,12 @@ class Worker:
         sample = self._sample_hf if self.backend == "hf" else self._sample_vllm
         rows = []
         for r, outs in zip(records, sample(prompts, seeds, s, bs, name)):
-            for k, (text, finish, n_tokens) in enumerate(outs):
+            for k, (text, finish, n_generated) in enumerate(outs):
                 ext = extract_answer(text, tuple(s["box_openers"]), s.get("last_number_fallback", False))
                 rows.append({
                     "id": str(r["id"]), "rollout": k, "text": text, "extracted": ext,
                     "correct": is_equivalent(ext, r["answer"]) if has_answer else None,
-                    "finish_reason": finish, "n_tokens": n_tokens,
+                    "finish_reason": finish, "response_tokens": n_generated,
                 })
         write_parquet_atomic(pl.DataFrame(rows, schema=ROLLOUT_SCHEMA), outputs["output"])
         return {"rows": len(rows)}

@@ -16,7 +16,7 @@ SUMMARY_SCHEMA = {
     "engine": pl.Utf8,
     "mode": pl.Utf8,
     "T": pl.Int64,
-    "length": pl.Int64,
+    "response_tokens": pl.Int64,  # tokens in the response (x_T is index T of them)
     "eas": pl.Float64,
     "mean_eas": pl.Float64,
     "ppl": pl.Float64,

@@ -289,7 +289,7 @@ class TorchScorer:
         plain_H, suffix_H = raw["plain_H"], raw.get("suffix_H")
         H = suffix_H[:, -1] if mode == "probe" else plain_H[: t.T - 1]
         row = {
-            "id": t.id, "engine": "torch", "mode": mode, "T": t.T, "length": t.length,
+            "id": t.id, "engine": "torch", "mode": mode, "T": t.T, "response_tokens": t.length,
             **eas.scores(H, plain_H, raw["logprobs"], self.edis, exact=True),
             "topk_mass_mean": None, "topk_mass_min": None, "topk_bound": None,
             "entropy": H.tolist(), "plain_entropy": plain_H.tolist(),

@@ -151,7 +151,7 @@ class VllmScorer:
         exact = self.k >= self.vocab_size
         bound = np.zeros_like(mass) if exact else eas.topk_truncation_bound(mass, self.vocab_size, self.k)
         return {
-            "id": t.id, "engine": "vllm", "mode": mode, "T": t.T, "length": t.length,
+            "id": t.id, "engine": "vllm", "mode": mode, "T": t.T, "response_tokens": t.length,
             # top-K entropies: EDIS from them is labelled inexact and never ranked with exact EDIS
             **eas.scores(H, plain_H, logprobs, self.edis, exact=exact),
             "topk_mass_mean": float(np.mean(mass)), "topk_mass_min": float(np.min(mass)),

@@ -23,7 +23,7 @@ def features_stage(ctx: RunContext, samples: StageResult, scores: StageResult | 
     from undercurve.strategies import PASS_RATE_COLUMNS, SCORE_COLUMNS
 
     # lazily, summary columns only: never the samples' text or the per-token entropy lists
-    df = pl.scan_parquet(samples.path).select("id", "n_tokens")
+    df = pl.scan_parquet(samples.path).select("id", "chat_tokens")
     parents = [samples.artifact_id]
     for res, cols in ((scores, SCORE_COLUMNS), (pass_rates, PASS_RATE_COLUMNS)):
         if res is not None:

@@ -25,7 +25,7 @@ def length_cap_stage(ctx: RunContext, prev: StageResult, model: str, progress=No
     tok = AutoTokenizer.from_pretrained(model, trust_remote_code=ctx.settings.model.trust_remote_code)
     cap = ctx.settings.max_tokens
     d = ctx.stage_dir("length_cap")
-    schema = {**pl.read_parquet_schema(prev.path), "n_tokens": pl.Int64}  # from the footer
+    schema = {**pl.read_parquet_schema(prev.path), "chat_tokens": pl.Int64}  # from the footer
     rows_in, total = 0, _parquet_rows(Path(prev.path))
     with ParquetSink(d / "samples.parquet", schema) as kept, ParquetSink(d / "set_aside.parquet", SET_ASIDE_SCHEMA) as aside:
         for batch in iter_parquet(prev.path, BATCH_ROWS):

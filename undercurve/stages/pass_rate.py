@@ -15,7 +15,7 @@ from undercurve.stages.result import StageResult, _cost, _empty_aside, _parquet_
 # What a sample's rollouts depend on, and the version of the rollout/judging code: bump it
 # when a change alters any stored rollout or verdict.
 ROLLOUT_FIELDS = ("prompt", "answer")
-PASS_RATE_VERSION = 1
+PASS_RATE_VERSION = 2  # 2: rollouts count response_tokens (was n_tokens)
 RATE_COLUMNS = ("n", "n_correct", "pass_rate")
 
 
@@ -63,7 +63,7 @@ def pass_rate_stage(ctx: RunContext, prev: StageResult, model: str, progress=Non
     path = _sink_atomic(rates.select("id", *RATE_COLUMNS), d / "pass_rates.parquet")
     rollouts = _sink_atomic(run_keys.join(cache.rows(used, "rollouts"), on=KEY, how="inner", maintain_order="left")
                             .drop(KEY), d / "rollouts.parquet")
-    generated = pl.scan_parquet(rollouts).select(pl.col("n_tokens").sum()).collect().item() or 0
+    generated = pl.scan_parquet(rollouts).select(pl.col("response_tokens").sum()).collect().item() or 0
     n_rows = _parquet_rows(keys)
     extra = {"rollouts": str(rollouts), "n": pr.rollouts, "rows_computed": pending.height,
              "rows_reused": n_rows - pending.height, "cache": str(cache.root), **_cost(seconds, generated)}

@@ -39,7 +39,7 @@ def _score_settings(ctx: RunContext, model: str) -> dict:
 # What a sample's score depends on (``scoring.trajectory.build_trajectory`` reads these), and
 # the version of the scoring code: bump it when a change alters any stored number.
 SCORE_FIELDS = ("prompt", "response", "answer")
-SCORE_VERSION = 1
+SCORE_VERSION = 2  # 2: the summary column length is response_tokens
 
 
 def score_cache(ctx: RunContext, model: str) -> ResultCache:
@@ -187,7 +187,7 @@ def score_merge(ctx: RunContext, prev: StageResult, shards: list[Shard], model: 
              "shards": len(shards), "rows_computed": n_computed, "rows_reused": n_rows - n_computed,
              "cache": str(cache.root),
              **_cost(_shard_seconds(ctx, "score") if seconds is None else seconds,
-                     pl.scan_parquet(path).select(pl.col("length").sum()).collect().item())}
+                     pl.scan_parquet(path).select(pl.col("response_tokens").sum()).collect().item())}
     res = _record(ctx, "score", "scores", path, n_rows, _parquet_rows(path), aside, [prev.artifact_id], extra)
     ctx.registry.add_artifact(ctx.run_id, "score", "entropies", manifest, res.rows_out, parents=[res.artifact_id],
                               meta={"parts": side, "dtype": "float32"})

@@ -28,7 +28,7 @@ TIE = "_tie"  # seeded uniform hash of the id, in every frame a strategy sees
 
 class Strategy(ABC):
     name: ClassVar[str]
-    needs: ClassVar[tuple[str, ...]] = ()  # feature columns (n_tokens is always there)
+    needs: ClassVar[tuple[str, ...]] = ()  # feature columns (chat_tokens is always there)
     higher_first: ClassVar[bool] = True
 
     @abstractmethod

@@ -9,4 +9,4 @@ class Length(Strategy):
     name = "length"
 
     def score(self, df: pl.DataFrame) -> pl.DataFrame:
-        return df.with_columns(pl.col("n_tokens").cast(pl.Float64).alias("score"))
+        return df.with_columns(pl.col("chat_tokens").cast(pl.Float64).alias("score"))

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import polars as pl
 
-METRICS = ("eas", "mean_eas", "ppl", "length", "edis")
+METRICS = ("eas", "mean_eas", "ppl", "response_tokens", "edis")  # response_tokens: the paper's Length
 TARGETS = ("answer_entropy", "correctness_entropy")
 
 

@@ -12,7 +12,7 @@ import polars as pl
 from undercurve.io import write_parquet_atomic
 
 log = logging.getLogger("undercurve")
-RAW_SCHEMA = {"id": pl.Utf8, "rollout": pl.Int64, "text": pl.Utf8, "finish_reason": pl.Utf8, "n_tokens": pl.Int64}
+RAW_SCHEMA = {"id": pl.Utf8, "rollout": pl.Int64, "text": pl.Utf8, "finish_reason": pl.Utf8, "response_tokens": pl.Int64}
 
 
 def generate(questions: pl.DataFrame, model: str, g: dict, out_dir: Path, trust_remote_code: bool = False) -> pl.DataFrame:

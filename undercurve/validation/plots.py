@@ -15,7 +15,7 @@ import polars as pl  # noqa: E402
 from undercurve.validation.correlation import pearson, regression_line  # noqa: E402
 
 METRIC_LABELS = {"eas": "EAS (bits)", "mean_eas": "Mean EAS (bits/token)", "ppl": "Perplexity",
-                 "length": "Length (tokens)", "edis": "EDIS (score)"}
+                 "response_tokens": "Length (response tokens)", "edis": "EDIS (score)"}
 STRATEGY_LABELS = {"mean": "mean (random pick)", "majority": "majority vote", "edis": "EDIS (lowest k, weighted Borda)",
                    "mean_entropy": "mean entropy (lowest k)", "self_certainty": "self-certainty (highest k)"}
 

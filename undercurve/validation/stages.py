@@ -25,7 +25,7 @@ from undercurve.run import RunContext
 from undercurve.scoring.trajectory import BOX_OPENER, Trajectory, build_trajectory, prompt_token_ids
 from undercurve.validation import answer_entropy as ae
 from undercurve.validation.best_of_n import compare_strategies
-from undercurve.validation.correlation import correlation_table
+from undercurve.validation.correlation import METRICS, correlation_table
 
 log = logging.getLogger("undercurve")
 
@@ -164,13 +164,13 @@ def signals_stage(ctx: RunContext, questions: str, samples: str, scores: str, mo
     top_k = max(sc.top_k, 0)  # -1 (full vocabulary) truncates nothing: no top-K columns
     trajs = [candidate_trajectory(tokenizer, r["id"], prompts[r["id"]], r["text"]) for r in smp.iter_rows(named=True)]
     rows = scorer.score(trajs, mode="plain", signals=True, top_k=top_k)
-    cols = ["length", "T", "mean_entropy", "self_certainty", "edis", "edis_burst", "edis_rebound", "edis_var"]
-    sig = pl.DataFrame([{k: r[k] for k in cols} for r in rows]).rename({"length": "scored_tokens"})
+    cols = ["response_tokens", "T", "mean_entropy", "self_certainty", "edis", "edis_burst", "edis_rebound", "edis_var"]
+    sig = pl.DataFrame([{k: r[k] for k in cols} for r in rows])
     extra = [pl.Series("plain_entropy", [r["plain_entropy"] for r in rows], pl.List(pl.Float64))]
     if top_k:
         extra += [pl.Series("topk_mass", [r["topk_mass"] for r in rows], pl.List(pl.Float64)),
                   pl.Series("topk_lost", [r["topk_lost"] for r in rows], pl.List(pl.Float64))]
-    cands = pl.concat([smp.select("id", "rollout", "answer", "correct", "n_tokens"), sig], how="horizontal").with_columns(extra)
+    cands = pl.concat([smp.select("id", "rollout", "answer", "correct"), sig], how="horizontal").with_columns(extra)
     d = ctx.stage_dir("signals")
     path = write_parquet_atomic(cands, d / "candidates.parquet")
     aid = _record(ctx, "signals", "candidates", path, cands.height, [parent] if parent else (),
@@ -260,7 +260,7 @@ def analyse_stage(ctx: RunContext, entropy: str, scores: str, candidates: str, v
     stats = pl.read_parquet(entropy)
     sc = pl.read_parquet(scores)
     cands = pl.read_parquet(candidates)
-    metric_cols = [c for c in ("eas", "mean_eas", "ppl", "length", "edis", "T") if c in sc.columns]
+    metric_cols = [c for c in ("eas", "mean_eas", "ppl", "response_tokens", "edis", "T") if c in sc.columns]
     joined = stats.join(sc.select("id", *metric_cols), on="id", how="inner") if sc.height else stats.head(0)
     corr = correlation_table(joined)
     bon = compare_strategies(cands, s.best_of_n.m, s.best_of_n.k, s.best_of_n.weight_eps) if s.best_of_n.enabled else pl.DataFrame()
@@ -310,7 +310,7 @@ def report_markdown(s, stats, joined, corr, bon, topk, cands) -> str:
     def r_ci(x: dict | None) -> str:
         return "n/a" if x is None else f"{_fmt(x['r'])} [{_fmt(x['r_low'])}, {_fmt(x['r_high'])}]"
 
-    for m in ("eas", "mean_eas", "ppl", "length", "edis"):
+    for m in METRICS:
         a, c = by.get((m, "answer_entropy")), by.get((m, "correctness_entropy"))
         if a:
             lines.append(f"| {m} | {r_ci(a)} | {_fmt(a['p'])} | {r_ci(c)} | {_fmt(c['p']) if c else 'n/a'} | {a['n']} |")
