@@ -20,6 +20,7 @@ from undercurve.scoring.score import (SCORE_SCHEMA, SUMMARY_SCHEMA, TOKEN_SCHEMA
 from undercurve.stages import StageResult, features_stage, score_stage
 
 U32 = float(np.finfo(np.float32).eps) / 2  # 2**-24: float64 -> float32 relative rounding
+U16 = float(np.finfo(np.float16).eps) / 2  # 2**-11: float32 -> float16 relative rounding
 EPS64 = float(np.finfo(np.float64).eps)
 
 
@@ -27,25 +28,38 @@ def _lists(df: pl.DataFrame) -> list[str]:
     return [c for c, t in df.schema.items() if isinstance(t, pl.List)]
 
 
-def test_float32_round_trip_within_unit_roundoff(tmp_path):
+def _stored_error_bound(H: np.ndarray) -> np.ndarray:
+    """float64 -> float32 (in memory) -> float16 (on disk): two roundings, each within half an
+    ulp; float16 has 11 significand bits down to 2**-14, below that a fixed spacing of 2**-24."""
+    return (U32 + U16 * (1 + U32)) * np.abs(H) + 2.0**-25
+
+
+def test_stored_entropies_within_float16_rounding(tmp_path):
     rng = np.random.default_rng(0)
-    T = 5000
+    T, K = 5000, 3
     # entropies across the whole range a 151,665-token vocabulary allows (0 .. log2 V bits),
-    # tiny ones included: the bound is relative
-    H = np.concatenate([rng.uniform(0, np.log2(151_665), T - 3), [0.0, 1e-9, 3e-5]])
-    row = {"id": "a", "T": T, "eas": float(H[:-1].sum()), "entropy": H[:-1].tolist(), "plain_entropy": H.tolist(),
-           "suffix_entropy": None}
+    # tiny ones included (float16's subnormal range)
+    top = np.log2(151_665)
+    H = np.concatenate([rng.uniform(0, top, T - 4), [0.0, 1e-9, 3e-5, top]])
+    suffix = rng.uniform(0, top, (T - 1, K))
+    suffix[:3, -1] = [0.0, 2e-6, top]
+    curve = suffix[:, -1]
+    row = {"id": "a", "T": T, "eas": float(curve.sum()), "entropy": curve.tolist(), "plain_entropy": H.tolist(),
+           "suffix_entropy": suffix.tolist()}
     _, tokens = split_scores(pl.DataFrame([row], schema=SCORE_SCHEMA))
     tokens.write_parquet(tmp_path / "e.parquet", compression="zstd")
     back = pl.read_parquet(tmp_path / "e.parquet")
     assert back.schema == pl.Schema(TOKEN_SCHEMA) and "entropy" not in back.columns
     stored = np.asarray(back["plain_entropy"][0].to_list(), dtype=np.float64)
     err = np.abs(stored - H)
-    assert np.all(err <= U32 * np.abs(H))
-    assert err.max() > 0  # really narrowed: the bound is tested, not trivially met
-    # EAS from the stored curve vs the float64 EAS: u per term plus float64 summation (T * eps64)
-    curve = back.lazy().select(entropy_curve()).collect()["entropy"][0].to_numpy().astype(np.float64)
-    assert abs(curve.sum() - row["eas"]) <= row["eas"] * (U32 + T * EPS64)
+    assert np.all(err <= _stored_error_bound(H))
+    assert err.max() > U32 * top  # really narrowed below float32: the bound is tested, not trivially met
+    # probe mode keeps the curve EAS integrates (the last suffix position), not the others
+    got = back.lazy().select(entropy_curve()).collect()["entropy"][0].to_numpy().astype(np.float64)
+    assert got.shape == curve.shape and np.all(np.abs(got - curve) <= _stored_error_bound(curve))
+    # EAS from the stored curve vs the float64 EAS: all terms >= 0, so the sum's relative error is
+    # at most the terms' (U32 + U16) plus the subnormal floor per term and float64 summation
+    assert abs(got.sum() - row["eas"]) <= row["eas"] * (U32 + U16 * (1 + U32) + T * EPS64) + T * 2.0**-25
 
 
 @pytest.fixture
@@ -67,7 +81,7 @@ def scored_run(tmp_path, tiny_model):
     return ctx, prev, str(tiny_model)
 
 
-def test_scores_split_into_summary_and_float32_entropies(scored_run, monkeypatch):
+def test_scores_split_into_summary_and_float16_entropies(scored_run, monkeypatch):
     ctx, prev, model = scored_run
     score_dir = ctx.run_dir / "score"
     res = score_stage(ctx, prev, model)
@@ -75,16 +89,16 @@ def test_scores_split_into_summary_and_float32_entropies(scored_run, monkeypatch
     assert scores.schema == pl.Schema(SUMMARY_SCHEMA) and not _lists(scores)
     parts = [score_dir / p for p in json.loads((score_dir / "entropies.json").read_text())["parts"]]
     assert len(parts) == 2  # two shards, each one cache part
-    for p in parts:  # the per-token table: content key + float32 lists, no duplicate curve in plain mode
+    for p in parts:  # the per-token table: content key + float16 lists, no duplicate curve in plain mode
         assert pl.read_parquet_schema(p) == pl.Schema({"key": pl.Utf8, **{c: t for c, t in TOKEN_SCHEMA.items()
                                                                            if c != "id"}})
     tokens = scan_entropies(score_dir).collect().join(scores, on="id")
     assert tokens.height == scores.height == 3
-    assert tokens["suffix_entropy"].null_count() == 3  # plain mode
+    assert tokens["probe_entropy"].null_count() == 3  # plain mode: the curve is plain_entropy[:T-1]
     for r in tokens.iter_rows(named=True):
         assert len(r["plain_entropy"]) == r["T"] and len(r["entropy"]) == r["T"] - 1
         curve = np.asarray(r["entropy"], dtype=np.float64)
-        assert abs(curve.sum() - r["eas"]) <= r["eas"] * (U32 + r["T"] * EPS64)
+        assert abs(curve.sum() - r["eas"]) <= r["eas"] * (U32 + U16 * (1 + U32) + r["T"] * EPS64) + r["T"] * 2.0**-25
 
     # features read lazily: a full read of any input would fail here
     def no_full_reads(*a, **k):
@@ -114,24 +128,6 @@ def test_a_damaged_entropies_part_is_recomputed(scored_run):
     assert after[1] != before[1]  # its entropies failed their hash: the part was recomputed
     assert scan_entropies(score_dir).collect().height == 3
     assert scan_entropies(score_dir, ids=[pl.read_parquet(score_dir / "scores.parquet")["id"][2]]).collect().height == 1
-
-
-def test_features_from_a_scores_file_with_lists_keep_summaries_only(scored_run):
-    """The vLLM stage's scores file still carries the lists: features leave them behind."""
-    ctx, prev, model = scored_run
-    res = score_stage(ctx, prev, model)
-    summary = pl.read_parquet(res.path)
-    tokens = scan_entropies(ctx.run_dir / "score").collect().drop("entropy")
-    with_lists = ctx.run_dir / "vllm_like_scores.parquet"
-    summary.join(tokens, on="id").write_parquet(with_lists)
-    feats = pl.read_parquet(features_stage(ctx, StageResult("length_cap", prev.path, "p", 3, 3),
-                                           StageResult("score", str(with_lists), res.artifact_id, 3, 3), None).path)
-    assert not _lists(feats) and set(feats.columns) == {"id", "chat_tokens", "eas", "mean_eas", "ppl", "edis", "edis_exact"}
-    # and the curve reader finds the lists there when the scores file holds them
-    with_lists.replace(ctx.run_dir / "score" / "scores.parquet")
-    (ctx.run_dir / "score" / "entropies.json").unlink()
-    assert scan_entropies(ctx.run_dir / "score").collect().sort("id")["entropy"].to_list() == \
-        tokens.lazy().with_columns(entropy_curve()).collect().sort("id")["entropy"].to_list()
 
 
 def _whole_reads_of(path, monkeypatch):
@@ -169,8 +165,8 @@ def test_length_cap_streams_its_input_in_batches(tmp_path, tiny_model, monkeypat
     ctx = RunContext(settings, reg.start_run("curate", "t", {}, "h"), str(settings.registry_path))
 
     batches = []
-    whole = textlen.cap_length
-    monkeypatch.setattr(textlen, "cap_length", lambda t, df, m: batches.append(df.height) or whole(t, df, m))
+    whole = textlen.over_cap
+    monkeypatch.setattr(textlen, "over_cap", lambda df, m: batches.append(df.height) or whole(df, m))
     monkeypatch.setattr(length_cap, "BATCH_ROWS", 5)
     _whole_reads_of(path, monkeypatch)
     res = length_cap.length_cap_stage(ctx, StageResult("decontaminate", str(path), "p", samples.height, samples.height),
@@ -184,4 +180,4 @@ def test_length_cap_streams_its_input_in_batches(tmp_path, tiny_model, monkeypat
     out = ctx.run_dir / "length_cap"
     assert pl.read_parquet(out / "set_aside.parquet").equals(want_aside)
     assert want_aside["reason"].unique().to_list() == [f"over length cap ({cap} tokens)"]
-    assert sorted(p.name for p in out.iterdir()) == ["samples.parquet", "set_aside.parquet"]  # no temp file left
+    assert sorted(p.name for p in out.iterdir()) == ["keys.parquet", "samples.parquet", "set_aside.parquet"]  # no temp file left

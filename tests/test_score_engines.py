@@ -39,7 +39,7 @@ def test_score_stage_with_torch_and_vllm_engines(tmp_path, tiny_model):
     for g, bound in zip(gap, topk["topk_bound"].to_list()):
         assert -1e-3 <= g <= bound + 1e-3
     assert topk["topk_mass_min"].min() > 0
-    # per-token entropies: float32, the EAS curve not stored twice, one reader for both layouts
+    # per-token entropies: float16 lists as stored, the EAS curve not stored twice, one reader for both engines
     from undercurve.scoring.score import TOKEN_SCHEMA, scan_entropies
 
     for engine, scores in out.items():

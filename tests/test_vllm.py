@@ -17,7 +17,6 @@ import pytest
 from conftest import have_vllm
 
 from undercurve.answers import is_equivalent
-from undercurve.scoring.score import entropy_curve
 from undercurve.vllm_runtime import VllmEnvironmentMissing, run_vllm_job, vllm_python
 
 K = 20
@@ -92,6 +91,14 @@ def torch_rows(warm_model):
     return {(r["mode"], r["id"]): r for r in plain.to_dicts() + probe.to_dicts()}
 
 
+def _with_curve(shard: pl.DataFrame) -> pl.DataFrame:
+    """A worker's shard file holds the engine's float32 lists (the cache stores them narrower):
+    the curve EAS integrates is plain_entropy[:T-1] (plain) or the last suffix column (probe)."""
+    plain, suffix = pl.col("plain_entropy"), pl.col("suffix_entropy")
+    return shard.with_columns(pl.when(suffix.is_null()).then(plain.list.slice(0, plain.list.len() - 1))
+                              .otherwise(suffix.list.eval(pl.element().list.last())).alias("entropy"))
+
+
 @needs_vllm
 def test_rollouts_and_pass_rate(vllm_job):
     d = vllm_job["dir"]
@@ -113,7 +120,7 @@ def test_rollouts_and_pass_rate(vllm_job):
 @pytest.mark.parametrize("mode", ["plain", "probe"])
 def test_topk_within_truncation_bound(vllm_job, torch_rows, mode):
     d = vllm_job["dir"]
-    rows = pl.read_parquet(d / f"{mode}.parquet").with_columns(entropy_curve()).to_dicts()
+    rows = _with_curve(pl.read_parquet(d / f"{mode}.parquet")).to_dicts()
     aside = pl.read_parquet(d / f"{mode}_aside.parquet")
     assert [r["id"] for r in rows] == ["a", "b", "c"] and aside["id"].to_list() == ["x"]
     truncated_somewhere = False
@@ -137,8 +144,8 @@ def test_topk_within_truncation_bound(vllm_job, torch_rows, mode):
 @needs_vllm
 @pytest.mark.parametrize("mode", ["plain", "probe"])
 def test_full_vocab_matches_exact(vllm_job, torch_rows, mode):
-    (r,) = pl.read_parquet(vllm_job["dir"] / ("full.parquet" if mode == "plain" else "full_probe.parquet")
-                           ).with_columns(entropy_curve()).to_dicts()
+    (r,) = _with_curve(pl.read_parquet(vllm_job["dir"] / ("full.parquet" if mode == "plain" else "full_probe.parquet"))
+                       ).to_dicts()
     exact = torch_rows[(mode, r["id"])]
     np.testing.assert_allclose(r["entropy"], exact["entropy"], atol=1e-4)  # per position: same t indexing
     np.testing.assert_allclose(r["plain_entropy"], exact["plain_entropy"], atol=1e-4)

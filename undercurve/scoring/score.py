@@ -9,8 +9,8 @@ from undercurve.eas import EdisParams
 from undercurve.scoring.trajectory import Trajectory, build_trajectory
 
 # Per-sample scalars: what features and selection read. Computed in float64 from the
-# engine's entropies BEFORE the per-token lists are narrowed to float32, so no summary
-# carries float32 rounding.
+# engine's entropies BEFORE the per-token lists are narrowed (float32 in memory, float16 on
+# disk), so no summary carries their rounding.
 SUMMARY_SCHEMA = {
     "id": pl.Utf8,
     "engine": pl.Utf8,
@@ -30,32 +30,37 @@ SUMMARY_SCHEMA = {
     "topk_mass_min": pl.Float64,
     "topk_bound": pl.Float64,
 }
-# Per-token entropies (bits), stored once, apart from the summaries. float32: relative
-# rounding <= 2**-24 per value, far below the engines' own fp32 noise (SPEC section 4).
-# The curve EAS integrates is not stored: it is plain_entropy[:T-1] in plain mode and the
-# last column of suffix_entropy in probe mode (``entropy_curve``).
+# Per-token entropies as the engines return them: float32 lists; in probe mode the
+# suffix positions of each step ([T-1][K]). What ``score_frame`` and the vLLM worker's shard
+# files hold, with the derived curve ``entropy`` EAS integrates.
+SCORE_SCHEMA = {**SUMMARY_SCHEMA, "entropy": pl.List(pl.Float32), "plain_entropy": pl.List(pl.Float32),
+                "suffix_entropy": pl.List(pl.List(pl.Float32))}
+# Per-token entropies (bits) as stored, once, apart from the summaries: float16, zstd
+# (~1.8 B/token per list). Only the lists a reader uses are kept: the plain trajectory and, in
+# probe mode, the curve EAS integrates (the last suffix position), not the other positions.
+# Rounding: |stored - H| <= 2**-11 |H| (+ 2**-25 below 2**-14, float16's subnormals), <= 0.0085
+# bits for any H <= log2(151,665) = 17.2 bits; summaries never see it (computed in float64
+# before the lists are narrowed), only figures and readers of the curves do.
 TOKEN_SCHEMA = {
     "id": pl.Utf8,
-    "plain_entropy": pl.List(pl.Float32),  # H_1..H_T, next-token entropy of the response itself
-    "suffix_entropy": pl.List(pl.List(pl.Float32)),  # probe: [T-1][suffix position]; plain: null
+    "plain_entropy": pl.List(pl.Float16),  # H_1..H_T, next-token entropy of the response itself
+    "probe_entropy": pl.List(pl.Float16),  # probe mode: H_1..H_{T-1} at the answer suffix; plain: null
 }
-TOKEN_COLUMNS = tuple(c for c in TOKEN_SCHEMA if c != "id")
-# What ``score_frame`` returns in memory: summaries, the per-token lists and, for callers
-# that plot it, the derived curve ``entropy`` (never written by the curate stages).
-SCORE_SCHEMA = {**SUMMARY_SCHEMA, "entropy": pl.List(pl.Float32), **{c: TOKEN_SCHEMA[c] for c in TOKEN_COLUMNS}}
 
 
 def split_scores(scores: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(summary table, per-token table) of a ``score_frame`` result; ``entropy`` is dropped."""
+    """(summary table, per-token table as stored) of a ``score_frame`` result."""
+    last = pl.col("suffix_entropy").list.eval(pl.element().list.last())
     return (scores.select([pl.col(c).cast(t) for c, t in SUMMARY_SCHEMA.items()]),
-            scores.select([pl.col(c).cast(t) for c, t in TOKEN_SCHEMA.items()]))
+            scores.select(pl.col("id").cast(pl.Utf8), pl.col("plain_entropy").cast(TOKEN_SCHEMA["plain_entropy"]),
+                          last.cast(TOKEN_SCHEMA["probe_entropy"]).alias("probe_entropy")))
 
 
 def entropy_curve() -> pl.Expr:
-    """The curve H_1..H_{T-1} EAS integrates, rebuilt from the stored per-token lists."""
-    plain, suffix = pl.col("plain_entropy"), pl.col("suffix_entropy")
-    return (pl.when(suffix.is_null()).then(plain.list.slice(0, plain.list.len() - 1))
-            .otherwise(suffix.list.eval(pl.element().list.last())).alias("entropy"))
+    """The curve H_1..H_{T-1} EAS integrates (float32), from the stored per-token lists."""
+    plain, probe = pl.col("plain_entropy"), pl.col("probe_entropy")
+    return (pl.when(probe.is_null()).then(plain.list.slice(0, plain.list.len() - 1)).otherwise(probe)
+            .cast(pl.List(pl.Float32)).alias("entropy"))
 
 
 DEFAULTS = {
@@ -117,24 +122,18 @@ def score_frame(df: pl.DataFrame, settings: dict, scorer=None) -> tuple[pl.DataF
 
 
 def scan_entropies(score_dir, ids=None) -> pl.LazyFrame:
-    """A curate run's per-token table, lazily: ``id, plain_entropy, suffix_entropy, entropy``
+    """A curate run's per-token table, lazily: ``id, plain_entropy, probe_entropy, entropy``
     (only ``ids`` when given: then only the cache parts holding them are read).
 
-    ``score_dir`` is ``<run_dir>/score``. The torch stage's entropies live in the result cache,
-    stored once for every run that scored the same content; ``entropies.json`` names the parts
-    this run reads and ``keys.parquet`` maps its ids to their content keys. The vLLM stage
-    keeps the lists in ``scores.parquet`` itself."""
+    ``score_dir`` is ``<run_dir>/score``. The entropies (of either engine) live in the result
+    cache, stored once for every run that scored the same content; ``entropies.json`` names the
+    parts this run reads and ``keys.parquet`` maps its ids to their content keys."""
     import json
     from pathlib import Path
 
     score_dir = Path(score_dir)
-    merged = score_dir / "scores.parquet"
     manifest = score_dir / "entropies.json"
-    if merged.exists() and "plain_entropy" in pl.read_parquet_schema(merged):
-        lf = pl.scan_parquet(merged)
-        if ids is not None:
-            lf = lf.filter(pl.col("id").is_in(list(ids)))
-    elif manifest.exists():
+    if manifest.exists():
         parts = [score_dir / p for p in json.loads(manifest.read_text())["parts"]]
         keys = pl.scan_parquet(score_dir / "keys.parquet").select("id", "key")
         if ids is not None:

@@ -39,7 +39,7 @@ def _score_settings(ctx: RunContext, model: str) -> dict:
 # What a sample's score depends on (``scoring.trajectory.build_trajectory`` reads these), and
 # the version of the scoring code: bump it when a change alters any stored number.
 SCORE_FIELDS = ("prompt", "response", "answer")
-SCORE_VERSION = 2  # 2: the summary column length is response_tokens
+SCORE_VERSION = 3  # 2: response_tokens (was length); 3: float16 entropies, probe curve only
 
 
 def score_cache(ctx: RunContext, model: str) -> ResultCache:
@@ -96,7 +96,7 @@ def _torch_scorer(settings_json: str):
 def score_shard(ctx: RunContext, shard: Shard, model: str) -> bool:
     """Score one shard into its cache part (skipped if the part is already there, verified);
     returns True when skipped. A part is summaries and set-aside rows (``part-X.parquet``)
-    plus per-token entropies (``part-X.entropies.parquet``, float32), vouched for by one marker."""
+    plus per-token entropies (``part-X.entropies.parquet``, float16), vouched for by one marker."""
     t0 = time.perf_counter()
     cache = ResultCache(Path(shard.output_path).parent)
     skipped, note = cache.done(shard.output_path), None
@@ -126,7 +126,7 @@ def _score_shard_files(cache: ResultCache, shard: Shard, settings: dict) -> None
 
 def _store(cache: ResultCache, key_of: pl.DataFrame, scores: pl.DataFrame, aside_rows: list[dict]) -> None:
     """One shard's scores (either engine's) as one cache part: summaries and set-aside rows,
-    and the float32 per-token entropies beside them, keyed by content instead of the run's id."""
+    and the float16 per-token entropies beside them, keyed by content instead of the run's id."""
     from undercurve.scoring.score import split_scores
 
     summary, tokens = split_scores(scores)
@@ -190,7 +190,7 @@ def score_merge(ctx: RunContext, prev: StageResult, shards: list[Shard], model: 
                      pl.scan_parquet(path).select(pl.col("response_tokens").sum()).collect().item())}
     res = _record(ctx, "score", "scores", path, n_rows, _parquet_rows(path), aside, [prev.artifact_id], extra)
     ctx.registry.add_artifact(ctx.run_id, "score", "entropies", manifest, res.rows_out, parents=[res.artifact_id],
-                              meta={"parts": side, "dtype": "float32"})
+                              meta={"parts": side, "dtype": "float16"})
     return res
 
 
