@@ -109,3 +109,60 @@ def test_rollouts_are_reused_by_content(tmp_path, tiny_model, corpus):
         a, b = (ro.filter(pl.col("id") == i).select(cols).sort(cols[0]) for ro in (ro1, ro2))
         assert a.equals(b)
     assert r2.join(r1, on="id", how="inner").height == 2
+
+
+def test_length_cap_counts_only_new_contents(tmp_path, tiny_model, corpus, monkeypatch):
+    """Token counts are cached by content: a reordered corpus with rows added, dropped and
+    edited is tokenised only for its new contents, gives the counts and the cap a fresh count
+    gives, and a night with nothing new never loads the tokenizer."""
+    import undercurve.stages.length_cap as lc
+    import undercurve.textlen as textlen
+    from undercurve.cache import prune
+
+    counted: list[str] = []
+    real = textlen.token_lengths
+    monkeypatch.setattr(textlen, "token_lengths", lambda tok, df, *a: counted.extend(df["id"]) or real(tok, df, *a))
+    base = corpus.drop("chat_tokens")
+    cap = int(pl.Series(real(lc._tokenizer_for(str(tiny_model)), base)).median())
+
+    def night(name, samples, workdir="w"):
+        path = tmp_path / f"{name}.parquet"
+        samples.write_parquet(path)
+        settings = load_settings("configs/tiny.yaml", {"workdir": str(tmp_path / workdir), "run_name": name,
+                                                       "max_tokens": cap})
+        reg = Registry(settings.registry_path, create=True)
+        ctx = RunContext(settings, reg.start_run("curate", name, {}, "h"), str(settings.registry_path))
+        counted.clear()
+        res = lc.length_cap_stage(ctx, StageResult("decontaminate", str(path), "p", samples.height, samples.height),
+                                  str(tiny_model))
+        aside = ctx.run_dir / "length_cap" / "set_aside.parquet"
+        return res, pl.read_parquet(res.path), pl.read_parquet(aside) if aside.exists() else None, list(counted)
+
+    first = base.head(6)
+    _, kept1, _, n1 = night("night-1", first)
+    assert sorted(n1) == sorted(first["id"])
+    edited = first[1].with_columns(pl.col("response") + " Checked again.")
+    night2 = pl.concat([first[3], base.tail(3), first[5], edited, first[0], first[2]])
+    res2, kept2, aside2, n2 = night("night-2", night2)
+    assert sorted(n2) == sorted(base.tail(3)["id"].to_list() + [edited["id"][0]])  # new and edited only
+    assert res2.extra["contents_counted"] == 4
+    # the same rows, counts, order and set-aside rows as a count from scratch in a fresh workdir
+    res_f, kept_f, aside_f, n_f = night("fresh", night2, workdir="fresh")
+    assert sorted(n_f) == sorted(night2["id"])
+    assert kept2.equals(kept_f) and (aside2 is None) == (aside_f is None)
+    if aside2 is not None:
+        assert aside2.equals(aside_f)
+    assert 0 < kept2.height < night2.height  # the cap really splits this corpus
+
+    # nothing new: no tokenizer at all
+    def no_tokenizer(*a, **k):
+        raise AssertionError("the tokenizer was loaded with every count cached")
+
+    monkeypatch.setattr(lc, "_tokenizer", no_tokenizer)
+    res3, kept3, _, n3 = night("night-3", night2.reverse())
+    assert n3 == [] and res3.extra["contents_counted"] == 0 and kept3.equals(kept2.reverse())
+    # a cache emptied (or failing verification) is simply recounted
+    prune(tmp_path / "w" / "cache", max_bytes=0)
+    monkeypatch.setattr(lc, "_tokenizer", lambda ctx, model: lc._tokenizer_for(model))
+    _, kept4, _, n4 = night("night-4", night2)
+    assert sorted(n4) == sorted(night2["id"]) and kept4.equals(kept2)

@@ -30,9 +30,8 @@ def token_lengths(tokenizer, df: pl.DataFrame, batch: int = 512) -> list[int]:
     return lengths
 
 
-def cap_length(tokenizer, df: pl.DataFrame, max_tokens: int) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """-> (rows within the cap with an ``chat_tokens`` column, set-aside rows over it)."""
-    df = df.with_columns(pl.Series("chat_tokens", token_lengths(tokenizer, df), dtype=pl.Int64))
+def over_cap(df: pl.DataFrame, max_tokens: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Rows with a ``chat_tokens`` column -> (rows within the cap, set-aside rows over it)."""
     over = df.filter(pl.col("chat_tokens") > max_tokens)
     aside = set_aside_frame(
         [{"id": r["id"], "source": r["source"], "reason": f"over length cap ({max_tokens} tokens)",
@@ -40,3 +39,8 @@ def cap_length(tokenizer, df: pl.DataFrame, max_tokens: int) -> tuple[pl.DataFra
         STAGE,
     )
     return df.filter(pl.col("chat_tokens") <= max_tokens), aside
+
+
+def cap_length(tokenizer, df: pl.DataFrame, max_tokens: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Count (``token_lengths``) then cap (``over_cap``) one table."""
+    return over_cap(df.with_columns(pl.Series("chat_tokens", token_lengths(tokenizer, df), dtype=pl.Int64)), max_tokens)
