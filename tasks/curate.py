@@ -14,7 +14,7 @@ from prefect import get_run_logger, runtime, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks.figures import artifact_key, figure_markdown
+from tasks.figures import artifact_key, figure_index, figure_markdown
 from tasks.progress import artifact
 from undercurve import stages
 from undercurve.config import ScoringSettings, Settings
@@ -130,13 +130,14 @@ def finish_run(ctx: RunContext, status: str, results: list[StageResult]) -> dict
     strategies = list(summary["selections"])
     figs = curation_figures(ctx.run_dir, strategies)  # never raises: a failed figure is "missing, because"
     summary["figures"] = {name: str(f.path) for name, f in figs.items() if f.path}
-    report = curation_markdown(summary, strategies) + "\n" + markdown_links(figs)
-    summary["report"] = str(write_text_atomic(report, ctx.run_dir / "curation.md").resolve())
+    report = curation_markdown(summary, strategies)
+    # the file links its PNGs beside it; the dashboard's copy names the figures' own artifacts
+    summary["report"] = str(write_text_atomic(report + "\n" + markdown_links(figs), ctx.run_dir / "curation.md").resolve())
     summary["since_last_night"] = since_last_night(ctx, strategies)
     ctx.registry.finish_run(ctx.run_id, status, summary)
     create_table_artifact(key="curation-summary", table=summary["stages"],
                           description=f"undercurve run {ctx.run_id}: rows per stage")
-    create_markdown_artifact(key="curation-report", markdown=report,
+    create_markdown_artifact(key="curation-report", markdown=report + "\n" + figure_index("curation-fig", figs),
                              description="Rows per stage, set-aside reasons with examples, what each strategy chose")
     _figure_artifacts(figs)
     _nightly_artifacts(summary["since_last_night"])

@@ -22,3 +22,13 @@ def figure_markdown(name: str, path: str | Path | None, title: str, missing: str
         except OSError as e:
             missing = f"cannot read {path}: {e}"
     return f"### {title}\n\nFigure missing: {missing or 'not drawn'}\n"
+
+
+def figure_index(prefix: str, figs: dict) -> str:
+    """A "Figures" section for a markdown artifact: each figure's own artifact key (which embeds
+    the PNG), never a file path the dashboard cannot load."""
+    lines = ["## Figures", "", "Each figure is an artifact of this run:", ""]
+    for name, f in figs.items():
+        key = artifact_key(prefix, name)
+        lines.append(f"- `{key}`: {f.title}" if f.path else f"- `{key}`: figure missing: {f.missing}")
+    return "\n".join(lines) + "\n"

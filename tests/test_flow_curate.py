@@ -232,6 +232,11 @@ def test_the_run_draws_its_figures(curated):
 
     data = asyncio.run(markdown("curation-fig-entropy-eas"))
     assert len(data) == 1 and "data:image/png;base64," in data[0] and figs["entropy-eas"] in data[0]
+    # the dashboard's copy of curation.md names the figures' artifacts, never a file link it cannot load
+    (report,) = asyncio.run(markdown("curation-report"))
+    from tasks.figures import artifact_key
+
+    assert "](figures/" not in report and all(f"`{artifact_key('curation-fig', name)}`" in report for name in figs)
 
 
 def test_the_dashboard_graph_is_the_pipeline(curated):
