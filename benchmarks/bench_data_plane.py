@@ -220,6 +220,17 @@ def child(code: Path, phase: str, workdir: Path, args: dict, script: str = __fil
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def child_main(phases: dict) -> bool:
+    """The child side of ``child``: when this process was started as ``--child PHASE WORKDIR
+    ARGS``, run that phase against the checkout under test, print its JSON and return True."""
+    if len(sys.argv) < 2 or sys.argv[1] != "--child":
+        return False
+    phase, workdir, args = sys.argv[2], Path(sys.argv[3]), json.loads(sys.argv[4])
+    sys.path.insert(0, os.getcwd())  # the checkout under test, before this file's own folder
+    print(json.dumps(phases[phase](workdir, args)))
+    return True
+
+
 def git_rev(code: Path) -> str:
     return subprocess.run(["git", "-C", str(code), "rev-parse", "--short", "HEAD"], capture_output=True,
                           text=True).stdout.strip() or "?"
@@ -272,10 +283,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        phase, workdir, args = sys.argv[2], Path(sys.argv[3]), json.loads(sys.argv[4])
-        sys.path.insert(0, os.getcwd())  # the checkout under test, before this file's own folder
-        fn = {"prepare": prepare, "measure": measure}[phase]
-        print(json.dumps(fn(workdir, args)))
-    else:
+    if not child_main({"prepare": prepare, "measure": measure}):
         main()

@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +35,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_data_plane import STRATEGIES, _context, _peak_mib, _rss_mib, _synthetic_score_frame, child  # noqa: E402
+from bench_data_plane import (STRATEGIES, _context, _peak_mib, _rss_mib, _synthetic_score_frame, child,  # noqa: E402
+                              child_main, git_rev)
 
 RUN = "scale"
 STAGES = ["ingest", "decontaminate", "length_cap", "score_plan", "score_shards", "score_merge", "features",
@@ -311,7 +311,7 @@ def main() -> None:
             "threads": a.threads, "seed": 0, "warm": a.warm_imports}
     run = lambda phase, **kw: child(code, phase, workdir, {**args, **kw}, script=__file__)  # noqa: E731
     load0 = os.getloadavg()
-    print(f"# bench_scale: {a.rows:,} rows, code {code} ({_rev(code)}), warm imports {a.warm_imports}, load {load0[0]:.2f} {load0[1]:.2f} "
+    print(f"# bench_scale: {a.rows:,} rows, code {code} ({git_rev(code)}), warm imports {a.warm_imports}, load {load0[0]:.2f} {load0[1]:.2f} "
           f"{load0[2]:.2f} on {os.cpu_count()} cores; workdir {workdir}", flush=True)
     t = time.perf_counter()
     gen = run("generate")
@@ -333,11 +333,6 @@ def main() -> None:
     report(a, real, floors, disk, gen, load0, load1)
     if not a.keep:
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _rev(code: Path) -> str:
-    return subprocess.run(["git", "-C", str(code), "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True).stdout.strip() or "?"
 
 
 def _du(path: Path) -> int:
@@ -386,10 +381,5 @@ def report(a, real: dict, floors: dict, disk: dict, gen: dict, load0, load1) -> 
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        phase, workdir, args = sys.argv[2], Path(sys.argv[3]), json.loads(sys.argv[4])
-        sys.path.insert(0, os.getcwd())  # the checkout under test, before this file's own folder
-        fn = {"generate": generate, "stage": stage, "floor": floor, "profile": profile}[phase]
-        print(json.dumps(fn(workdir, args)))
-    else:
+    if not child_main({"generate": generate, "stage": stage, "floor": floor, "profile": profile}):
         main()
