@@ -158,7 +158,8 @@ def test_length_cap_streams_its_input_in_batches(tmp_path, tiny_model, monkeypat
     samples.write_parquet(path)
     tok = AutoTokenizer.from_pretrained(str(tiny_model))
     cap = int(np.median(textlen.token_lengths(tok, samples)))
-    want_kept, want_aside = textlen.cap_length(tok, samples, cap)  # the whole table at once
+    counted = samples.with_columns(pl.Series("chat_tokens", textlen.token_lengths(tok, samples), dtype=pl.Int64))
+    want_kept, want_aside = textlen.over_cap(counted, cap)  # the whole table at once
     assert want_kept.height and want_aside.height
     settings = load_settings("configs/demo.yaml", {"workdir": str(tmp_path / "w"), "max_tokens": cap})
     reg = Registry(settings.registry_path, create=True)

@@ -123,7 +123,8 @@ def test_length_cap_counts_only_new_contents(tmp_path, tiny_model, corpus, monke
     real = textlen.token_lengths
     monkeypatch.setattr(textlen, "token_lengths", lambda tok, df, *a: counted.extend(df["id"]) or real(tok, df, *a))
     base = corpus.drop("chat_tokens")
-    cap = int(pl.Series(real(lc._tokenizer_for(str(tiny_model)), base)).median())
+    load_tokenizer = lc._tokenizer
+    cap = int(pl.Series(real(load_tokenizer(str(tiny_model)), base)).median())
 
     def night(name, samples, workdir="w"):
         path = tmp_path / f"{name}.parquet"
@@ -163,6 +164,6 @@ def test_length_cap_counts_only_new_contents(tmp_path, tiny_model, corpus, monke
     assert n3 == [] and res3.extra["contents_counted"] == 0 and kept3.equals(kept2.reverse())
     # a cache emptied (or failing verification) is simply recounted
     prune(tmp_path / "w" / "cache", max_bytes=0)
-    monkeypatch.setattr(lc, "_tokenizer", lambda ctx, model: lc._tokenizer_for(model))
+    monkeypatch.setattr(lc, "_tokenizer", load_tokenizer)
     _, kept4, _, n4 = night("night-4", night2)
     assert sorted(n4) == sorted(night2["id"]) and kept4.equals(kept2)

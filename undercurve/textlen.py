@@ -40,7 +40,3 @@ def over_cap(df: pl.DataFrame, max_tokens: int) -> tuple[pl.DataFrame, pl.DataFr
     )
     return df.filter(pl.col("chat_tokens") <= max_tokens), aside
 
-
-def cap_length(tokenizer, df: pl.DataFrame, max_tokens: int) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Count (``token_lengths``) then cap (``over_cap``) one table."""
-    return over_cap(df.with_columns(pl.Series("chat_tokens", token_lengths(tokenizer, df), dtype=pl.Int64)), max_tokens)

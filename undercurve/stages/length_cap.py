@@ -55,7 +55,7 @@ def length_cap_stage(ctx: RunContext, prev: StageResult, model: str, progress=No
             batch = batch.with_columns(batch_keys[KEY])
             new = batch.join(known, on=KEY, how="anti").unique(KEY, keep="first", maintain_order=True)
             if new.height:
-                tokenizer = tokenizer or _tokenizer(ctx, model)
+                tokenizer = tokenizer or _tokenizer(model, ctx.settings.model.trust_remote_code)
                 counted = pl.DataFrame({KEY: new[KEY], "chat_tokens": token_lengths(tokenizer, new)}, schema=COUNTS_SCHEMA)
                 known = pl.concat([known, counted])
                 fresh.append(counted)
@@ -74,11 +74,7 @@ def length_cap_stage(ctx: RunContext, prev: StageResult, model: str, progress=No
                                 extra={"max_tokens": cap, "contents_counted": counted_rows, "cache": str(cache.root)})
 
 
-def _tokenizer(ctx: RunContext, model: str):
-    return _tokenizer_for(model, ctx.settings.model.trust_remote_code)
-
-
-def _tokenizer_for(model: str, trust_remote_code: bool = False):
+def _tokenizer(model: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
