@@ -1,5 +1,7 @@
 """The curation DAG: ingest -> decontaminate -> length cap -> {EAS score, pass rate} ->
-features -> one selection (and ms-swift export) per strategy."""
+features -> one selection (and ms-swift export) per strategy. On a Dask cluster
+(``scoring.workers`` > 1 or ``scoring.dask_address``) both model stages are plan -> shards
+-> merge, the shards on the workers."""
 
 from __future__ import annotations
 
@@ -15,14 +17,24 @@ from undercurve.scoring import scores_in_shards
 from undercurve.stages import model_stages
 
 
-@flow(name="score-shards")
-def score_shards(ctx, shards: list, model: str) -> list[bool]:
-    """Fan the scoring shards out over the task runner (threads, or Dask workers)."""
-    futures = [t.score_shard.submit(ctx, shard, model) for shard in shards]
-    progress = artifact("scoring", "EAS scoring", "shards")
+def _fan_out(shard_task, ctx, shards: list, model: str, key: str, title: str) -> list[bool]:
+    futures = [shard_task.submit(ctx, shard, model) for shard in shards]
+    progress = artifact(key, title, "shards")
     for done, _ in enumerate(as_completed(futures), start=1):
         progress(done, len(futures))
     return [f.result() for f in futures]  # raises if a shard failed after its retry
+
+
+@flow(name="score-shards")
+def score_shards(ctx, shards: list, model: str) -> list[bool]:
+    """Fan the scoring shards out over the task runner (threads, or Dask workers)."""
+    return _fan_out(t.score_shard, ctx, shards, model, "scoring", "EAS scoring")
+
+
+@flow(name="rollout-shards")
+def rollout_shards(ctx, shards: list, model: str) -> list[bool]:
+    """Fan the rollout shards out over the Dask workers, one worker job each."""
+    return _fan_out(t.rollout_shard, ctx, shards, model, "pass-rate", "pass-rate rollouts")
 
 
 @flow(name="curate")
@@ -50,8 +62,15 @@ def curate(config: str | None = "configs/demo.yaml", overrides: dict | None = No
             scores = t.score_merge(ctx, cap, shards, inputs["model"], wait_for=[scored])
         elif "score" in needed:
             scores = t.score(ctx, cap, inputs["model"])
-        rates = (t.pass_rate(ctx, cap, inputs["model"])
-                 if "pass_rate" in needed and settings.pass_rate.enabled else None)
+        rates = None
+        if "pass_rate" in needed and settings.pass_rate.enabled and settings.scoring.on_cluster:
+            shards = t.pass_rate_plan(ctx, cap, inputs["model"])
+            rolled = rollout_shards.with_options(task_runner=t.shard_runner(settings.scoring))(
+                ctx, shards, inputs["model"], return_state=True)
+            rolled.result()
+            rates = t.pass_rate_merge(ctx, cap, shards, inputs["model"], wait_for=[rolled])
+        elif "pass_rate" in needed and settings.pass_rate.enabled:
+            rates = t.pass_rate(ctx, cap, inputs["model"])  # one worker job: the engine loads once
         results += [r for r in (scores, rates) if r is not None]
         feats = t.features(ctx, cap, scores, rates)
         futures = [t.select.submit(ctx, feats, cap, s) for s in strategies]

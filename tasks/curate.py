@@ -108,6 +108,22 @@ def pass_rate(ctx: RunContext, prev: StageResult, model: str) -> StageResult:
                                       progress=artifact("pass-rate", "pass-rate rollouts", "shards"))
 
 
+@task(name="pass-rate-plan", **_opts)
+def pass_rate_plan(ctx: RunContext, prev: StageResult, model: str) -> list[Shard]:
+    return stages.pass_rate_plan(ctx, prev, model)
+
+
+@task(name="rollout-shard", task_run_name="rollout-shard-{shard.index}", retries=1, **_opts)
+def rollout_shard(ctx: RunContext, shard: Shard, model: str) -> bool:
+    with accelerator(ctx):
+        return stages.rollout_shard(ctx, shard, model)
+
+
+@task(name="pass-rate-merge", **_opts)
+def pass_rate_merge(ctx: RunContext, prev: StageResult, shards: list[Shard], model: str) -> StageResult:
+    return stages.pass_rate_merge(ctx, prev, shards, model)
+
+
 @task(name="features", **_opts)
 def features(ctx: RunContext, samples: StageResult, scores: StageResult | None,
              rates: StageResult | None) -> StageResult:
@@ -201,8 +217,8 @@ def finish_run_status(ctx: RunContext, status: str, summary: dict) -> dict:
 
 
 def shard_runner(sc: ScoringSettings):
-    """Task runner for the scoring shards: sequential in-process, or a Dask cluster."""
-    if sc.workers <= 1 and not sc.dask_address:
+    """Task runner for the model stages' shards: sequential in-process, or a Dask cluster."""
+    if not sc.on_cluster:
         from prefect.task_runners import ThreadPoolTaskRunner
 
         return ThreadPoolTaskRunner(max_workers=1)  # one model in memory, all cores to torch

@@ -1,42 +1,9 @@
 import multiprocessing as mp
 
-import polars as pl
 import pytest
 
-from undercurve.io import RunLocked, plan_shards, run_lock, run_shard
+from undercurve.io import RunLocked, run_lock
 from undercurve.registry import Registry
-
-
-def run_sharded(df, out_dir, size, fn, settings):
-    shards = plan_shards(df, out_dir, size, settings=settings)
-    for s in shards:
-        run_shard(s, fn)
-    return [s.output_path for s in shards]
-
-
-def test_sharded_resume_skips_finished_shards_and_drops_stale(tmp_path):
-    df = pl.DataFrame({"id": [f"s{i}" for i in range(10)], "x": list(range(10))})
-    calls, crash = [], [True]
-
-    def fn(shard):
-        calls.append(shard["id"][0])
-        if shard["id"][0] == "s6" and crash.pop() if crash else False:
-            raise RuntimeError("killed")
-        return shard.with_columns((pl.col("x") * 2).alias("y"))
-
-    with pytest.raises(RuntimeError):
-        run_sharded(df, tmp_path, 3, fn, settings={"k": 1})
-    assert sorted(p.name for p in tmp_path.glob("shard-*.parquet")) == ["shard-00000.parquet", "shard-00001.parquet"]
-    calls.clear()
-    paths = run_sharded(df, tmp_path, 3, fn, settings={"k": 1})
-    assert calls == ["s6", "s9"]  # finished shards were not recomputed
-    out = pl.concat([pl.read_parquet(p) for p in paths])
-    assert out["y"].to_list() == [2 * i for i in range(10)]
-    calls.clear()
-    run_sharded(df, tmp_path, 3, fn, settings={"k": 2})  # other settings: everything reruns
-    assert len(calls) == 4
-    paths = run_sharded(df.head(4), tmp_path, 3, fn, settings={"k": 2})
-    assert len(list(tmp_path.glob("shard-*.parquet"))) == 2 == len(paths)
 
 
 def _writer(path, worker, n):

@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import polars as pl
 import psutil
 import pytest
 
@@ -125,26 +124,3 @@ def test_a_deleted_registry_is_never_recreated(tmp_path):
         ctx.registry.add_artifact(ctx.run_id, "ingest", "samples", reg.path, 0)
     assert not reg.path.exists()
     assert main(["runs", "--registry", str(reg.path)]) == 1 and not reg.path.exists()
-
-
-def test_truncated_or_edited_shard_outputs_are_recomputed(tmp_path):
-    from undercurve.io import plan_shards, run_shard
-
-    df = pl.DataFrame({"id": [str(i) for i in range(6)], "x": list(range(6))})
-    calls = []
-
-    def fn(part):
-        calls.append(part.height)
-        return part.with_columns(y=pl.col("x") * 2)
-
-    shards = plan_shards(df, tmp_path, 2, settings={})
-    assert [run_shard(s, fn) for s in shards] == [False] * 3
-    good = Path(shards[1].output_path).read_bytes()
-    Path(shards[1].output_path).write_bytes(good[: len(good) // 2])  # truncated
-    pl.DataFrame({"id": ["0"], "x": [0], "y": [999]}).write_parquet(shards[2].output_path)  # edited
-    shards = plan_shards(df, tmp_path, 2, settings={})
-    assert [s.done() for s in shards] == [True, False, False] and shards[1].tampered() and shards[2].tampered()
-    calls.clear()
-    assert [run_shard(s, fn) for s in shards] == [True, False, False] and calls == [2, 2]
-    assert Path(shards[1].output_path).read_bytes() == good
-    assert pl.read_parquet(shards[2].output_path)["y"].to_list() == [8, 10]

@@ -84,9 +84,10 @@ class ScoringSettings(_Strict):
     device: str = "auto"
     dtype: str = "auto"
     shard_size: int = Field(64, ge=1)
-    # Scale-out of the torch engine's shards (Dask via prefect-dask): 1 = in the flow process;
-    # N > 1 = a local cluster of N worker processes; or an existing cluster's address
-    # (multi-node), with e.g. dask_cuda.LocalCUDACluster for one worker per GPU.
+    # Scale-out of the model stages' shards, the torch engine's scoring shards and the rollout
+    # shards (Dask via prefect-dask): 1 = in the flow process; N > 1 = a local cluster of N
+    # worker processes; or an existing cluster's address (multi-node), with e.g.
+    # dask_cuda.LocalCUDACluster for one worker per GPU (data-parallel rollouts, one engine each).
     workers: int = Field(1, ge=1)
     dask_address: str | None = None
     dask_cluster_class: str | None = None
@@ -94,6 +95,11 @@ class ScoringSettings(_Strict):
     dask_host: str = "127.0.0.1"
     dask_dashboard_address: str | None = "127.0.0.1:0"  # None: no dashboard
     edis: EdisSettings = Field(default_factory=EdisSettings)
+
+    @property
+    def on_cluster(self) -> bool:
+        """Shards go to Dask workers (else they run in the flow process)."""
+        return self.workers > 1 or bool(self.dask_address)
 
     @field_validator("top_k")
     @classmethod

@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import polars as pl
 import pyarrow as pa
@@ -127,11 +127,6 @@ def fingerprint(obj) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def iter_shards(df: pl.DataFrame, shard_size: int) -> Iterator[tuple[int, pl.DataFrame]]:
-    for i, start in enumerate(range(0, df.height, shard_size)):
-        yield i, df.slice(start, shard_size)
-
-
 @dataclass
 class Shard:
     """One unit of resumable work: an input file, an output file, and the fingerprint that
@@ -182,37 +177,6 @@ def outputs_verified(marker: str | Path, fingerprint_: str, outputs: list[str | 
         return False
     hashes = m.get("sha256") or {}
     return bool(outputs) and all(Path(p).exists() and hashes.get(_rel(p, marker)) == file_sha256(p) for p in outputs)
-
-
-def plan_shards(df: pl.DataFrame, out_dir: str | Path, shard_size: int, *, settings: dict) -> list[Shard]:
-    """Split ``df`` into input files ``input-NNNNN.parquet`` (rewritten only when changed) with
-    their output names ``shard-NNNNN.parquet``; outputs of shards that no longer exist go."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    shards = []
-    for i, part in iter_shards(df, shard_size):
-        inp = out / f"input-{i:05d}.parquet"
-        if not (inp.exists() and pl.read_parquet(inp).equals(part)):
-            write_parquet_atomic(part, inp)
-        # content, not just ids: an edited sample with the same id must be recomputed
-        content = hashlib.sha256(part.write_csv().encode()).hexdigest()
-        shards.append(Shard(i, str(inp), str(out / f"shard-{i:05d}.parquet"),
-                            fingerprint({"content": content, "settings": settings})))
-    keep = {Path(s.output_path).name for s in shards} | {Path(s.input_path).name for s in shards}
-    for stale in [*out.glob("shard-*.parquet"), *out.glob("input-*.parquet")]:
-        if stale.name not in keep:
-            stale.unlink()
-    return shards
-
-
-def run_shard(shard: Shard, fn: Callable[[pl.DataFrame], pl.DataFrame]) -> bool:
-    """Compute one shard unless done; returns True if it was skipped. The marker is written
-    last, so a shard killed half way is simply recomputed."""
-    if shard.done():
-        return True
-    write_parquet_atomic(fn(pl.read_parquet(shard.input_path)), shard.output_path)
-    write_marker(shard.marker, shard.fingerprint, [shard.output_path])
-    return False
 
 
 class RunLocked(RuntimeError):

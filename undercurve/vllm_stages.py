@@ -1,4 +1,4 @@
-"""Stage-level vLLM work: shard the input, run ONE worker job with one step per shard.
+"""Stage-level worker jobs: ONE job with one step per input shard (vLLM, or transformers).
 
 One job builds the engine once; the worker skips steps whose outputs exist with the same
 fingerprint, so a killed run, rerun, redoes only the unfinished shards.
@@ -10,18 +10,9 @@ import logging
 import sys
 from pathlib import Path
 
-import polars as pl
-
-from undercurve.io import plan_shards
 from undercurve.vllm_runtime import run_vllm_job
 
 log = logging.getLogger("undercurve")
-
-
-def _write_input_shards(df: pl.DataFrame, out_dir: Path, shard_size: int, columns: list[str]) -> list[Path]:
-    # the worker fingerprints each step by its input file, and plan_shards rewrites a file
-    # only when its rows change; the worker keeps its own outputs and markers
-    return [Path(s.input_path) for s in plan_shards(df.select(columns), out_dir, shard_size, settings={})]
 
 
 def sampling_backend(engine: str) -> str:
@@ -45,16 +36,15 @@ def _engine_opts(settings: dict) -> dict:
     return opts
 
 
-def pass_rate_rollouts(df: pl.DataFrame, model: str, settings: dict, out_dir: str | Path,
+def pass_rate_rollouts(inputs: list[Path], model: str, settings: dict, out_dir: str | Path,
                        trust_remote_code: bool = False, progress=None) -> tuple[list[dict], float]:
-    """n rollouts per sample of ``df`` (id, prompt, answer); -> (the steps, each with its
-    ``input`` shard, its ``output`` rollouts and its ``pass_rate_output`` (``id, n, n_correct,
-    pass_rate``) files; seconds the steps computed in this run).
+    """n rollouts per sample of the given input shards (id, prompt, answer); -> (the steps,
+    each with its ``input`` shard, its ``output`` rollouts and its ``pass_rate_output``
+    (``id, n, n_correct, pass_rate``) files; seconds the steps computed in this run).
 
     One worker job on the ``settings["engine"]`` backend (vLLM, or transformers on a CPU)."""
     out = Path(out_dir)
     (out / "shards").mkdir(parents=True, exist_ok=True)
-    inputs = _write_input_shards(df, out / "shards", settings["shard_size"], ["id", "prompt", "answer"])
     steps = [{"kind": "rollouts", "name": f"rollouts-{i:05d}", "input": str(p),
               "output": str(out / "shards" / f"rollouts-{i:05d}.parquet"),
               "pass_rate_output": str(out / "shards" / f"pass_rate-{i:05d}.parquet"),
@@ -63,7 +53,7 @@ def pass_rate_rollouts(df: pl.DataFrame, model: str, settings: dict, out_dir: st
               "box_openers": settings["box_openers"], "last_number_fallback": settings["last_number_fallback"]}
              for i, p in enumerate(inputs)]
     backend = sampling_backend(settings["engine"])
-    log.info("pass_rate: %d samples x %d rollouts in %d shards (%s)", df.height, settings["rollouts"], len(steps), backend)
+    log.info("pass_rate: %d shards x %d rollouts per sample (%s)", len(steps), settings["rollouts"], backend)
     if not steps:
         return [], 0.0
     job = {"model": model, "steps": steps,

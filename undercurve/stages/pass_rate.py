@@ -2,21 +2,48 @@
 
 Rollouts are kept in the workdir's content-keyed cache (``undercurve.cache``): a sample whose
 prompt and answer were rolled out before, by the same model files with the same settings, is
-not rolled out again, whatever its position, id or run name."""
+not rolled out again, whatever its position, id or run name.
+
+Like scoring, the stage is plan -> shards -> merge. In one process the shards are the steps
+of ONE worker job (the engine loads once); on a cluster each shard is its own worker job on
+whichever worker (one GPU each with dask-cuda) takes it: data-parallel rollouts."""
 
 from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
 
 import polars as pl
 
 from undercurve.cache import KEY, ResultCache, content_keys, model_identity
+from undercurve.io import Shard
 from undercurve.run import RunContext
-from undercurve.stages.result import StageResult, _cost, _empty_aside, _parquet_rows, _record, _sink_atomic
+from undercurve.stages.result import (
+    StageResult,
+    _cost,
+    _empty_aside,
+    _parquet_rows,
+    _record,
+    _shard_seconds,
+    _sink_atomic,
+    plan_pending,
+    record_shard_run,
+)
+
+log = logging.getLogger("undercurve")
 
 # What a sample's rollouts depend on, and the version of the rollout/judging code: bump it
 # when a change alters any stored rollout or verdict.
 ROLLOUT_FIELDS = ("prompt", "answer")
 PASS_RATE_VERSION = 2  # 2: rollouts count response_tokens (was n_tokens)
 RATE_COLUMNS = ("n", "n_correct", "pass_rate")
+
+
+def _backend(ctx: RunContext) -> str:
+    from undercurve.vllm_stages import sampling_backend
+
+    return sampling_backend(ctx.settings.pass_rate.engine)
 
 
 def pass_rate_cache(ctx: RunContext, model: str, backend: str) -> ResultCache:
@@ -28,44 +55,86 @@ def pass_rate_cache(ctx: RunContext, model: str, backend: str) -> ResultCache:
     return ResultCache.open(root, "pass_rate", settings)
 
 
-def pass_rate_stage(ctx: RunContext, prev: StageResult, model: str, progress=None) -> StageResult:
-    """n rollouts per sample (vLLM, or transformers on a CPU); pass rate by math equivalence
-    with the reference. Only samples the cache has no rollouts for are rolled out."""
-    from undercurve.vllm_stages import pass_rate_rollouts, sampling_backend
-
-    pr = ctx.settings.pass_rate
+def pass_rate_plan(ctx: RunContext, prev: StageResult, model: str) -> list[Shard]:
+    """Shards of the samples the cache has no rollouts for (one row per distinct prompt and
+    answer); each can run on any worker, in any order."""
     d = ctx.stage_dir("pass_rate")
-    cache = pass_rate_cache(ctx, model, sampling_backend(pr.engine))
+    cache = pass_rate_cache(ctx, model, _backend(ctx))
     keys = content_keys(prev.path, ROLLOUT_FIELDS, d / "keys.parquet")
-    todo = cache.missing(keys)
-    # prompts and answers of the new samples only (the responses are never read here)
-    pending = (pl.scan_parquet(prev.path).select("id", "prompt", "answer")
-               .join(todo, on="id", how="inner", maintain_order="left").collect())
-    steps, seconds = pass_rate_rollouts(
-        pending.drop(KEY), model, {**pr.model_dump(), "box_openers": ctx.settings.answers.box_openers}, d / "work",
-        ctx.settings.model.trust_remote_code, progress)
-    key_of = pending.select("id", KEY)
-    for step in steps:  # each shard rolled out becomes one cache part
+    shards = plan_pending(cache, keys, Path(prev.path), ["id", *ROLLOUT_FIELDS], d, ctx.settings.pass_rate.shard_size)
+    n_rows, n_todo = _parquet_rows(keys), sum(_parquet_rows(Path(s.input_path)) for s in shards)
+    log.info("pass_rate: %d samples, %d reused from the cache %s, %d to roll out in %d shards",
+             n_rows, n_rows - n_todo, cache.root, n_todo, len(shards))
+    return shards
+
+
+def _rollouts(ctx: RunContext, shards: list[Shard], model: str, work: Path, progress=None) -> float:
+    """Roll out the unfinished ``shards`` in one worker job and store each as its cache part;
+    -> seconds computed."""
+    from undercurve.vllm_stages import pass_rate_rollouts
+
+    cache = pass_rate_cache(ctx, model, _backend(ctx))
+    todo = [s for s in shards if not cache.done(s.output_path)]
+    settings = {**ctx.settings.pass_rate.model_dump(), "box_openers": ctx.settings.answers.box_openers}
+    steps, seconds = pass_rate_rollouts([Path(s.input_path) for s in todo], model, settings, work,
+                                        ctx.settings.model.trust_remote_code, progress)
+    for shard, step in zip(todo, steps):
+        key_of = pl.read_parquet(shard.input_path, columns=["id", KEY])
+
         def keyed(path: str) -> pl.DataFrame:
             return pl.read_parquet(path).join(key_of, on="id", how="left").select(KEY, pl.exclude(KEY, "id"))
 
-        shard_keys = pl.read_parquet(step["input"], columns=["id"]).join(key_of, on="id", how="left")[KEY].to_list()
-        cache.write(shard_keys, keyed(step["pass_rate_output"]), {"rollouts": keyed(step["output"])})
+        cache.write(key_of[KEY].to_list(), keyed(step["pass_rate_output"]), {"rollouts": keyed(step["output"])})
+    return seconds
 
-    parts = cache.parts()
-    run_keys = pl.scan_parquet(keys).select("id", KEY)
-    used = cache.holding(keys, parts)
-    rates = run_keys.join(cache.rows(used), on=KEY, how="left", maintain_order="left")
-    missing = rates.filter(pl.col("pass_rate").is_null()).select(pl.len()).collect().item()
+
+def rollout_shard(ctx: RunContext, shard: Shard, model: str) -> bool:
+    """Roll out one shard into its cache part, as its own worker job (skipped if the part is
+    already there, verified); returns True when skipped."""
+    t0 = time.perf_counter()
+    skipped = ResultCache(Path(shard.output_path).parent).done(shard.output_path)
+    if not skipped:
+        _rollouts(ctx, [shard], model, ctx.stage_dir("pass_rate") / "work" / f"shard-{shard.index:05d}")
+    seconds = time.perf_counter() - t0
+    log.info("pass_rate: shard %d %s", shard.index, "already done, skipped" if skipped else f"rolled out in {seconds:.1f}s")
+    record_shard_run(ctx, "pass_rate", shard, skipped, seconds)
+    return skipped
+
+
+def pass_rate_merge(ctx: RunContext, prev: StageResult, shards: list[Shard], model: str,
+                    seconds: float | None = None) -> StageResult:
+    """This run's ``pass_rates.parquet`` and ``rollouts.parquet``: its rows joined with the
+    cache parts on their key, streamed."""
+    pr = ctx.settings.pass_rate
+    d = ctx.stage_dir("pass_rate")
+    cache = pass_rate_cache(ctx, model, _backend(ctx))
+    missing = [s.index for s in shards if not cache.done(s.output_path)]
     if missing:
-        raise RuntimeError(f"pass_rate: {missing} samples have no rollouts in {cache.root}")
+        raise RuntimeError(f"pass_rate: shards {missing} are not finished")
+    keys = d / "keys.parquet"
+    run_keys = pl.scan_parquet(keys).select("id", KEY)
+    used = cache.holding(keys, cache.parts())
+    rates = run_keys.join(cache.rows(used), on=KEY, how="left", maintain_order="left")
+    unrated = rates.filter(pl.col("pass_rate").is_null()).select(pl.len()).collect().item()
+    if unrated:
+        raise RuntimeError(f"pass_rate: {unrated} samples have no rollouts in {cache.root}")
     cache.touch(used)
     path = _sink_atomic(rates.select("id", *RATE_COLUMNS), d / "pass_rates.parquet")
     rollouts = _sink_atomic(run_keys.join(cache.rows(used, "rollouts"), on=KEY, how="inner", maintain_order="left")
                             .drop(KEY), d / "rollouts.parquet")
     generated = pl.scan_parquet(rollouts).select(pl.col("response_tokens").sum()).collect().item() or 0
-    n_rows = _parquet_rows(keys)
-    extra = {"rollouts": str(rollouts), "n": pr.rollouts, "rows_computed": pending.height,
-             "rows_reused": n_rows - pending.height, "cache": str(cache.root), **_cost(seconds, generated)}
+    n_rows, n_computed = _parquet_rows(keys), sum(_parquet_rows(Path(s.input_path)) for s in shards)
+    extra = {"rollouts": str(rollouts), "n": pr.rollouts, "shards": len(shards), "rows_computed": n_computed,
+             "rows_reused": n_rows - n_computed, "cache": str(cache.root),
+             **_cost(_shard_seconds(ctx, "pass_rate") if seconds is None else seconds, generated)}
     return _record(ctx, "pass_rate", "pass_rates", path, prev.rows_out, _parquet_rows(path), _empty_aside(),
                    [prev.artifact_id], extra)
+
+
+def pass_rate_stage(ctx: RunContext, prev: StageResult, model: str, progress=None) -> StageResult:
+    """n rollouts per sample (vLLM, or transformers on a CPU); pass rate by math equivalence
+    with the reference. Only samples the cache has no rollouts for are rolled out, all in one
+    worker job."""
+    shards = pass_rate_plan(ctx, prev, model)
+    seconds = _rollouts(ctx, shards, model, ctx.stage_dir("pass_rate") / "work", progress)
+    return pass_rate_merge(ctx, prev, shards, model, seconds)

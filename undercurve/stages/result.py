@@ -1,17 +1,21 @@
 """What every stage shares: its ``StageResult``, the atomic writes, the row-balance check and
 the registry record (``_finish``; ``_finish_streamed`` for rows written through sinks;
-``_record``), a model stage's cost, and the run summary."""
+``_record``), a model stage's cost, the shards of a cached model stage (``plan_pending``,
+``record_shard_run``), and the run summary."""
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import polars as pl
 
 from undercurve.io import sink_parquet_atomic as _sink_atomic  # noqa: F401 (the stages import it from here)
-from undercurve.io import ParquetSink, write_parquet_atomic
+from undercurve.cache import KEY, ResultCache
+from undercurve.io import ParquetSink, Shard, write_parquet_atomic
 from undercurve.run import RunContext
 from undercurve.schema import SET_ASIDE_SCHEMA
 
@@ -93,6 +97,50 @@ def _shard_seconds(ctx: RunContext, stage: str) -> float:
     found = ctx.registry.query("SELECT coalesce(sum(seconds), 0) AS s FROM shard_runs "
                                "WHERE run_id = ? AND stage = ? AND NOT skipped", [ctx.run_id, stage])
     return float(found["s"][0])
+
+
+def plan_pending(cache: ResultCache, keys: Path, samples: Path, columns: list[str], work: Path,
+                 shard_size: int) -> list[Shard]:
+    """Shards of the rows of ``samples`` whose content key (``keys``, a ``content_keys`` file)
+    no verified part of ``cache`` holds, one row per distinct key, ``shard_size`` rows each;
+    each shard's output is the cache part of exactly its keys, so any worker can compute it in
+    any order and a finished one is found again by any later run. Streams: the corpus is never
+    in memory. Input files of an earlier plan that this one does not use are removed."""
+    pending = _sink_atomic(pl.scan_parquet(samples).select(columns)
+                           .join(cache.missing(keys), on="id", how="inner", maintain_order="left"),
+                           work / "pending.parquet")
+    shards = []
+    for i, start in enumerate(range(0, _parquet_rows(pending), shard_size)):
+        part = pl.scan_parquet(pending).slice(start, shard_size).collect()
+        out = cache.part_path(part[KEY].to_list())
+        inp = write_parquet_atomic(part, work / "pending" / f"input-{i:05d}.parquet")
+        shards.append(Shard(i, str(inp), str(out), cache.part_fingerprint(out)))
+    current = {Path(s.input_path).name for s in shards}
+    for stale in (work / "pending").glob("input-*.parquet"):
+        if stale.name not in current:
+            stale.unlink()
+    return shards
+
+
+def record_shard_run(ctx: RunContext, stage: str, shard: Shard, skipped: bool, seconds: float,
+                     note: str | None = None) -> None:
+    """One row of ``shard_runs``: which worker ran (or skipped) a shard, and for how long."""
+    ctx.registry.add_rows("shard_runs", ctx.run_id, pl.DataFrame([{
+        "stage": stage, "shard": shard.index, "worker": worker_identity(), "skipped": skipped,
+        "seconds": seconds, "finished_at": datetime.now(timezone.utc), "note": note}]))
+
+
+def worker_identity() -> str:
+    """host:pid, plus the Dask worker's address when a Dask worker runs this."""
+    import socket
+
+    who = f"{socket.gethostname()}:{os.getpid()}"
+    try:
+        from distributed import get_worker
+
+        return f"{who} dask={get_worker().address}"
+    except (ImportError, ValueError):  # not inside a Dask worker
+        return who
 
 
 def run_summary(ctx: RunContext, results: list[StageResult]) -> dict:

@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import polars as pl
@@ -23,6 +22,8 @@ from undercurve.stages.result import (
     _record,
     _shard_seconds,
     _sink_atomic,
+    plan_pending,
+    record_shard_run,
 )
 
 log = logging.getLogger("undercurve")
@@ -61,20 +62,9 @@ def score_plan(ctx: RunContext, prev: StageResult, model: str) -> list[Shard]:
     d = ctx.stage_dir("score")
     cache = score_cache(ctx, model)
     keys = content_keys(prev.path, SCORE_FIELDS, d / "keys.parquet")
-    todo = cache.missing(keys)
-    pending = _sink_atomic(pl.scan_parquet(prev.path).join(todo, on="id", how="inner", maintain_order="left"),
-                           d / "pending.parquet")
-    n_todo, size = _parquet_rows(pending), ctx.settings.scoring.shard_size
-    shards = []
-    for i, start in enumerate(range(0, n_todo, size)):
-        part = pl.scan_parquet(pending).slice(start, size).collect()
-        out = cache.part_path(part[KEY].to_list())
-        inp = write_parquet_atomic(part, d / "pending" / f"input-{i:05d}.parquet")
-        shards.append(Shard(i, str(inp), str(out), cache.part_fingerprint(out)))
-    current = {Path(s.input_path).name for s in shards}
-    for stale in (d / "pending").glob("input-*.parquet"):
-        if stale.name not in current:
-            stale.unlink()
+    shards = plan_pending(cache, keys, Path(prev.path), ["id", "source", *SCORE_FIELDS], d,
+                          ctx.settings.scoring.shard_size)
+    n_todo = sum(_parquet_rows(Path(s.input_path)) for s in shards)
     n_rows = _parquet_rows(keys)
     log.info("score: %d samples, %d reused (in the cache %s, or the same content as another row), "
              "%d to score in %d shards",
@@ -107,9 +97,7 @@ def score_shard(ctx: RunContext, shard: Shard, model: str) -> bool:
         _score_shard_files(cache, shard, _score_settings(ctx, model))
     seconds = time.perf_counter() - t0
     log.info("score: shard %d %s", shard.index, "already done, skipped" if skipped else f"scored in {seconds:.1f}s")
-    ctx.registry.add_rows("shard_runs", ctx.run_id, pl.DataFrame([{
-        "stage": "score", "shard": shard.index, "worker": worker_identity(), "skipped": skipped,
-        "seconds": seconds, "finished_at": datetime.now(timezone.utc), "note": note}]))
+    record_shard_run(ctx, "score", shard, skipped, seconds, note)
     return skipped
 
 
@@ -135,19 +123,6 @@ def _store(cache: ResultCache, key_of: pl.DataFrame, scores: pl.DataFrame, aside
         return df_.join(key_of, on="id", how="left").select(KEY, pl.exclude(KEY, "id", "source"))
 
     cache.write(key_of[KEY].to_list(), keyed(_with_aside(summary, aside_rows)), {"entropies": keyed(tokens)})
-
-
-def worker_identity() -> str:
-    """host:pid, plus the Dask worker's address when a Dask worker runs this."""
-    import socket
-
-    who = f"{socket.gethostname()}:{os.getpid()}"
-    try:
-        from distributed import get_worker
-
-        return f"{who} dask={get_worker().address}"
-    except (ImportError, ValueError):  # not inside a Dask worker
-        return who
 
 
 def score_merge(ctx: RunContext, prev: StageResult, shards: list[Shard], model: str,
