@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Iterator
 
 from undercurve.io import write_text_atomic
 
@@ -148,15 +149,17 @@ def write_demo_inputs(out_dir: str | Path, size: int = 48, seed: int = 0, bench_
     return corpus, bench
 
 
-def tokenizer_texts(corpus_path: str | Path) -> list[str]:
-    """Texts to train the tiny model's tokenizer on (every string in the corpus)."""
-    texts = []
-    for line in Path(corpus_path).read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        for m in rec.get("messages", []):
-            texts.append(m.get("content", ""))
-        texts += [str(rec.get(k, "")) for k in ("question", "answer", "prompt", "response")]
-    return [t for t in texts if t]
+def tokenizer_texts(corpus_path: str | Path) -> Iterator[str]:
+    """Texts to train the tiny model's tokenizer on (every string in the corpus), read lazily:
+    only a model that is not built yet reads them."""
+    with open(corpus_path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(rec, dict):
+                continue
+            texts = [m.get("content", "") for m in rec.get("messages", [])]
+            texts += [str(rec.get(k, "")) for k in ("question", "answer", "prompt", "response")]
+            yield from (t for t in texts if t)

@@ -56,13 +56,14 @@ def build_tiny_qwen2(
     kv_heads: int = 1,
     seed: int = 0,
 ) -> Path:
-    """Write a random tiny Qwen2 model + tokenizer to ``out_dir`` (idempotent)."""
+    """Write a random tiny Qwen2 model + tokenizer to ``out_dir`` (idempotent: a model already
+    there is returned without importing torch, which costs a nightly run seconds)."""
+    out = Path(out_dir)
+    if (out / "config.json").exists():  # moved in last, so the model is complete
+        return out
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    out = Path(out_dir)
-    if (out / "config.json").exists() and (out / "tokenizer.json").exists():
-        return out
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer(texts, vocab_size=vocab_size)
     config = Qwen2Config(
@@ -89,7 +90,7 @@ def build_tiny_qwen2(
     tmp = out.with_name(out.name + ".tmp")
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    for p in tmp.iterdir():
+    for p in sorted(tmp.iterdir(), key=lambda f: f.name == "config.json"):  # config.json last
         p.replace(out / p.name)
     tmp.rmdir()
     return out
