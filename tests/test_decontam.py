@@ -314,8 +314,44 @@ def test_the_stage_streams_the_corpus_and_reports_as_one_pass(tmp_path, settings
     assert pl.read_parquet(out / "set_aside.parquet").equals(removed.select(list(SET_ASIDE_SCHEMA)))
     got = res.extra["report"]
     assert len({e["benchmark"] for e in got["examples"]}) > 1 and len(got["near_misses"]) == DEFAULTS["near_misses"]
-    for key in set(report) - {"timings"}:
+    for key in set(report) - {"timings", "settings", "embedded_prompts"}:
         assert got[key] == report[key], key
+    assert {**got["settings"], "result_cache": None} == report["settings"]
+    # the stage keeps each prompt's nearest item in the workdir's cache: every distinct prompt
+    # the n-grams left is embedded once, even across batches
+    from undercurve.decontam.embed import clean_prompt
+
+    by_ngram = set(removed.filter(pl.col("method") == "ngram")["id"])
+    left = df.filter(~pl.col("id").is_in(list(by_ngram)))["prompt"]
+    assert got["embedded_prompts"]["encoded"] == left.map_elements(clean_prompt, return_dtype=pl.Utf8).n_unique()
     recorded = reg.query("SELECT benchmark, method, n FROM contamination WHERE run_id = ? ORDER BY ALL", [ctx.run_id])
     assert recorded.rows() == [(c["benchmark"], c["method"], c["count"]) for c in report["counts"]]
     assert sorted(p.name for p in out.iterdir()) == ["removed_audit.parquet", "samples.parquet", "set_aside.parquet"]
+
+
+def test_nearest_items_are_kept_by_content(model, settings, tmp_path):
+    """With the result cache, a second corpus (the first shuffled, one prompt edited, two new)
+    embeds only its three new prompts, and removes exactly what a run without the cache does."""
+    from undercurve.decontam.embed import clean_prompt
+
+    s = {**settings, "ngram": False, "result_cache": str(tmp_path / "cache")}
+    first = _corpus()
+    _, removed1, rep1 = decontaminate(first, s, model=model[1])
+    distinct = first["prompt"].map_elements(clean_prompt, return_dtype=pl.Utf8).n_unique()
+    assert rep1["embedded_prompts"] == {"encoded": distinct, "reused": 0}
+
+    edited = first.filter(pl.col("id") == "unrel-0").with_columns(pl.col("prompt") + " Round to the nearest cent.")
+    new = [(f"hpara-{i}", p) for i, (_, _, p) in enumerate(HELD_OUT_PARAPHRASED[:2])]
+    second = pl.concat([first.filter(pl.col("id") != "unrel-0").sample(fraction=1.0, shuffle=True, seed=3),
+                        edited, _frame(new)])
+    kept2, removed2, rep2 = decontaminate(second, s, model=model[1])
+    assert rep2["embedded_prompts"] == {"encoded": 3, "reused": distinct - 1}
+    _, fresh, _ = decontaminate(second, {**s, "result_cache": None}, model=model[1])
+    assert removed2.select("id", "benchmark", "benchmark_item_id").equals(
+        fresh.select("id", "benchmark", "benchmark_item_id"))
+    assert {"hpara-0", "hpara-1"} <= set(removed2["id"]) and "unrel-0" in set(kept2["id"])
+    # a reused cosine is the float32 stored by the first run; a fresh one is encoded in other
+    # batches (other padding shapes): fp32 sums of 384 products differ by ~1e-6; the evidence
+    # rounds to 4 decimals, which alone can part two equal-ish values by 1e-4
+    cos = [[json.loads(e)["cosine"] for e in r.sort("id")["evidence"]] for r in (removed2, fresh)]
+    assert max(abs(a - b) for a, b in zip(*cos)) <= 1e-4 + 1e-5

@@ -52,15 +52,15 @@ def _label(ax, title: str, xlabel: str, ylabel: str, size: int) -> None:
     ax.set_title(title, fontsize=size)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper right")  # "best" searches every artist: a third of the drawing time
     ax.grid(alpha=0.3)
 
 
 def _save(fig, title: str, path: Path) -> Path:
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout()  # fits the panels and the title; bbox_inches="tight" would lay out twice
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
 

@@ -2,7 +2,9 @@
 
 Catches what word n-grams miss: reworded problems, renamed people, reordered clauses.
 Embeddings are L2-normalised, so cosine = dot product and the nearest item over all
-suites is one matmul + argmax per batch. Suite embeddings are cached on disk per model.
+suites is one matmul + argmax per batch. Suite embeddings are cached on disk per model; with a
+``NearestMemo`` the nearest item of every prompt is kept by content too, so a nightly run
+embeds only the prompts it has not seen (the threshold is applied anew each run).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from undercurve.decontam.suites import content_hash, safe_name as _safe
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+NEAREST_VERSION = 1  # bump when clean_prompt or nearest() changes a stored result
 STATS = {"suite_encoded": 0, "suite_loaded": 0}
 _MODELS: dict[tuple, object] = {}
 
@@ -104,15 +107,53 @@ def suite_embeddings(
     return emb
 
 
+class NearestMemo:
+    """The nearest benchmark item of each cleaned prompt, kept by content in the result cache
+    (``undercurve.cache``, kind ``decontam_nearest``): a prompt embedded before with the same
+    model files, max tokens, quantisation and benchmark items is not embedded again, whatever
+    its row, id or run. Parts are verified once, when the memo opens."""
+
+    def __init__(self, cache_dir: str | Path, settings: dict):
+        from undercurve.cache import ResultCache
+
+        self.cache = ResultCache.open(cache_dir, "decontam_nearest", {**settings, "version": NEAREST_VERSION})
+        self.parts = self.cache.parts()
+        self.encoded = self.reused = 0
+
+    def get(self, keys: list[str]) -> dict[str, tuple[int, float]]:
+        """key -> (row of the suite frame, cosine) for the keys held."""
+        from undercurve.cache import KEY
+
+        if not self.parts or not keys:
+            return {}
+        found = (pl.scan_parquet(self.parts, include_file_paths="part").filter(pl.col(KEY).is_in(keys))
+                 .unique(KEY, keep="first").collect())
+        self.cache.touch([Path(p) for p in found["part"].unique()])  # eviction is by last use
+        self.reused += found.height
+        return {k: (b, c) for k, b, c in zip(found[KEY], found["best"], found["cosine"])}
+
+    def put(self, keys: list[str], best: np.ndarray, cos: np.ndarray) -> None:
+        from undercurve.cache import KEY
+
+        self.encoded += len(keys)
+        if keys:
+            self.parts.append(self.cache.write(keys, pl.DataFrame({KEY: keys, "best": best.astype(np.int64),
+                                                                   "cosine": cos.astype(np.float32)})))
+
+
 def nearest(
     model, prompts: list[str], suite_df: pl.DataFrame, suite_emb: np.ndarray, *,
     batch_size: int = 128, chunk: int = 4096, progress: Callable[[int, int], None] | None = None,
+    memo: NearestMemo | None = None,
 ) -> pl.DataFrame:
     """Nearest benchmark item of every prompt: ``row, suite, item_id, cosine``.
 
     Distinct prompts are encoded ``chunk`` at a time (bounded memory, progress reports); the
-    [chunk x items] similarity matrix is small (benchmarks have thousands of items).
+    [chunk x items] similarity matrix is small (benchmarks have thousands of items). With a
+    ``memo``, prompts it holds are not encoded, and the newly encoded ones are added to it.
     """
+    from undercurve.cache import row_key
+
     # corpora repeat questions (several responses per prompt): embed each distinct one once
     slot: dict[str, int] = {}
     inverse = np.array([slot.setdefault(clean_prompt(p), len(slot)) for p in prompts], dtype=np.int64)
@@ -121,12 +162,21 @@ def nearest(
     u_best = np.full(u, -1, np.int64)
     u_cos = np.full(u, -1.0, np.float32)
     if suite_emb.shape[0]:
-        for lo in range(0, u, chunk):
-            sims = encode(model, uniq[lo : lo + chunk], batch_size) @ suite_emb.T
-            u_best[lo : lo + chunk] = sims.argmax(1)
-            u_cos[lo : lo + chunk] = sims.max(1)
+        keys = [row_key([q]) for q in uniq] if memo else [None] * u
+        known = memo.get(keys) if memo else {}
+        for j, k in enumerate(keys):
+            if k in known:
+                u_best[j], u_cos[j] = known[k]
+        todo = np.flatnonzero(u_best < 0)  # not in the memo: encode
+        for lo in range(0, todo.size, chunk):
+            idx = todo[lo : lo + chunk]
+            sims = encode(model, [uniq[j] for j in idx], batch_size) @ suite_emb.T
+            u_best[idx] = sims.argmax(1)
+            u_cos[idx] = sims.max(1)
             if progress:
-                progress(min(lo + chunk, u), u)
+                progress(min(lo + chunk, todo.size), todo.size)
+        if memo:
+            memo.put([keys[j] for j in todo], u_best[todo], u_cos[todo])
     n = len(prompts)
     best, cos = u_best[inverse], u_cos[inverse]
     has = best >= 0

@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 
 from undercurve.decontam import embed, ngram
-from undercurve.decontam.suites import DEFAULT_SUITES, load_suites, tokenize
+from undercurve.decontam.suites import DEFAULT_SUITES, content_hash, load_suites, tokenize
 from undercurve.schema import SET_ASIDE_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,9 @@ DEFAULTS: dict = {
     # test paraphrases drop by up to 0.07 (0.84 -> 0.77): use cosine_threshold ~0.70 with it
     "embedding_int8": False,
     "cache_dir": None,  # default: $UNDERCURVE_CACHE/decontam or ~/.cache/undercurve/decontam
+    # the content-keyed result cache (undercurve.cache) that keeps each prompt's nearest
+    # benchmark item: set by the stage to the workdir's cache; None: every prompt is embedded
+    "result_cache": None,
     "examples": 5,  # examples per (benchmark, method) in the report
     "near_misses": 5,  # kept rows with the highest cosine, to audit the threshold
 }
@@ -127,9 +130,9 @@ def _suite_embeddings(suite_df: pl.DataFrame, s: dict, model) -> np.ndarray:
     return np.concatenate(emb) if emb else np.zeros((0, 1), np.float32)
 
 
-def _embedding_rows(df, rows_left, suite_df, suite_emb, s, model) -> tuple[list[dict], pl.DataFrame]:
+def _embedding_rows(df, rows_left, suite_df, suite_emb, s, model, memo=None) -> tuple[list[dict], pl.DataFrame]:
     prompts = df["prompt"].gather(rows_left).to_list()
-    near = embed.nearest(model, prompts, suite_df, suite_emb, batch_size=s["embedding_batch_size"])
+    near = embed.nearest(model, prompts, suite_df, suite_emb, batch_size=s["embedding_batch_size"], memo=memo)
     near = near.with_columns(pl.Series("row", rows_left, dtype=pl.Int64))
     thr = s["cosine_threshold"]
     rows = [
@@ -174,6 +177,14 @@ class Decontaminator:
             t = time.perf_counter()
             self.suite_emb = _suite_embeddings(self.suite_df, s, self.model)
             self._took("embedding_s", t)
+        self.memo = None
+        if s["embedding"] and s["result_cache"]:
+            from undercurve.cache import model_identity
+
+            self.memo = embed.NearestMemo(s["result_cache"], {
+                "model_identity": model_identity(s["embedding_model"], Path(s["result_cache"]) / "model-hashes.json"),
+                "max_tokens": s["embedding_max_tokens"], "int8": s["embedding_int8"],
+                "benchmark_items": content_hash(self.suite_df, "nearest")})
         self.item_text = {(r[0], r[1]): r[2] for r in self.suite_df.iter_rows()}
         self.rows_in = self.kept = 0
         self.counts: Counter = Counter()  # (benchmark, method) -> removed rows
@@ -201,7 +212,7 @@ class Decontaminator:
             t = time.perf_counter()
             caught = {h["row"] for h in hits}
             left = [i for i in range(df.height) if i not in caught]
-            emb_hits, near = _embedding_rows(work, left, self.suite_df, self.suite_emb, s, self.model)
+            emb_hits, near = _embedding_rows(work, left, self.suite_df, self.suite_emb, s, self.model, self.memo)
             hits += emb_hits
             self._took("embedding_s", t)
 
@@ -274,6 +285,8 @@ class Decontaminator:
                         "normaliser": sp.normaliser} for sp in self.specs],
             "settings": json.loads(json.dumps(s, default=str)),  # Paths in specs -> str
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            # distinct prompts per batch: embedded now, or their nearest item read from the cache
+            "embedded_prompts": {"encoded": self.memo.encoded, "reused": self.memo.reused} if self.memo else None,
         }
 
 

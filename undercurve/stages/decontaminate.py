@@ -33,6 +33,7 @@ def decontaminate_stage(ctx: RunContext, prev: StageResult, demo_benchmark: str 
     if demo_benchmark and "gsm8k" not in settings["local_paths"]:
         settings["local_paths"] = {**settings["local_paths"], "gsm8k": demo_benchmark}
     settings["cache_dir"] = settings.get("cache_dir") or str(ctx.settings.cache_dir / "decontam")
+    settings["result_cache"] = str(ctx.settings.cache_dir)  # each prompt's nearest item, by content
     schema = pl.read_parquet_schema(prev.path)  # from the footer
     filt = Decontaminator(settings)
     rows_in, total = 0, _parquet_rows(Path(prev.path))
