@@ -13,8 +13,8 @@ from pathlib import Path
 
 import polars as pl
 
-from undercurve.io import sink_parquet_atomic as _sink_atomic  # noqa: F401 (the stages import it from here)
 from undercurve.cache import KEY, ResultCache
+from undercurve.io import sink_parquet_atomic as _sink_atomic  # noqa: F401 (the stages import it from here)
 from undercurve.io import ParquetSink, Shard, write_parquet_atomic
 from undercurve.run import RunContext
 from undercurve.schema import SET_ASIDE_SCHEMA
