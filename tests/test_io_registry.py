@@ -47,3 +47,38 @@ def test_run_lock_is_exclusive(tmp_path):
                 pass
     with run_lock(tmp_path):  # released
         pass
+
+
+def test_a_batch_is_one_transaction_shared_by_this_thread_only(tmp_path):
+    """A stage's writes (artifact, lineage, set-aside counts) land together or not at all;
+    another Registry object on the same file, in the same thread, joins the batch instead of
+    waiting for it (no deadlock); another thread waits for the commit."""
+    import threading
+
+    import polars as pl
+
+    path = tmp_path / "r.duckdb"
+    reg = Registry(path, create=True)
+    a = tmp_path / "a.txt"
+    a.write_text("x")
+    run = reg.start_run("curate", "t", {}, "h")
+    with pytest.raises(RuntimeError, match="mid-stage"):
+        with reg.batch():
+            reg.add_artifact(run, "ingest", "samples", a, 1)
+            Registry(path).add_set_aside(run, "ingest", pl.DataFrame({"reason": ["bad line"]}))
+            raise RuntimeError("killed mid-stage")
+    assert reg.query("SELECT count(*) AS n FROM artifacts")["n"][0] == 0
+    assert reg.query("SELECT count(*) AS n FROM set_aside")["n"][0] == 0
+
+    seen = []
+    with reg.batch():
+        aid = Registry(path).add_artifact(run, "ingest", "samples", a, 1)
+        other = threading.Thread(target=lambda: seen.append(
+            Registry(path).query("SELECT count(*) AS n FROM artifacts")["n"][0]))
+        other.start()
+        other.join(0.5)
+        assert other.is_alive()  # blocked until the batch commits
+        reg.add_artifact(run, "select", "selection", a, 1, parents=[aid])
+    other.join(30)
+    assert seen == [2]
+    assert reg.query("SELECT parent_id FROM lineage")["parent_id"].to_list() == [aid]

@@ -1,9 +1,10 @@
 """The DuckDB registry: runs, artifacts, lineage, set-aside counts, selections, results.
 
 DuckDB lets one process hold a database file at a time, and a second process cannot even
-open it. The registry therefore never keeps a connection: each call opens the file, writes
-a whole frame in one transaction and closes it, retrying while another process holds the
-lock. Concurrent flow runs then interleave their writes instead of failing.
+open it. The registry therefore never keeps a connection: each call (or each ``batch()`` of
+calls, e.g. everything one stage records) opens the file, writes in one transaction and
+closes it, retrying while another process holds the lock. Concurrent flow runs then
+interleave their writes instead of failing.
 """
 
 from __future__ import annotations
@@ -107,6 +108,20 @@ def _process_lock(path: Path) -> threading.Lock:
         return _PROCESS_LOCKS.setdefault(str(path.resolve()), threading.Lock())
 
 
+# Files whose schema this process has already brought up to date, by (path, device, inode):
+# the CREATE / ALTER script then runs once per process, not once per Registry object.
+_SCHEMA_DONE: set[tuple[str, int, int]] = set()
+
+
+def _file_identity(path: Path) -> tuple[str, int, int]:
+    st = path.stat()
+    return str(path.resolve()), st.st_dev, st.st_ino
+
+
+# file -> (thread, connection) of an open batch(): that thread's calls go through it.
+_HELD: dict[str, tuple[int, duckdb.DuckDBPyConnection]] = {}
+
+
 class RegistryMissing(FileNotFoundError):
     """The registry file is not there: a read never creates one, a running run never recreates it."""
 
@@ -126,11 +141,45 @@ class Registry:
             if not create:
                 raise RegistryMissing(f"registry {self.path} does not exist")
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and _file_identity(self.path) in _SCHEMA_DONE:
+            return
         with self.connect() as con:
             con.execute(SCHEMA)
+        _SCHEMA_DONE.add(_file_identity(self.path))
+
+    @contextmanager
+    def batch(self) -> Iterator["Registry"]:
+        """Several writes through one connection and one transaction (all or none of them),
+        e.g. a stage's artifacts, lineage and set-aside counts: opening the file and its
+        checkpoint on close cost ~30-60 ms each, per call otherwise. Other threads and
+        processes wait for the batch, so keep it to writes."""
+        if self._held() is not None:  # nested: the outer batch commits
+            yield self
+            return
+        key = str(self.path.resolve())
+        with self.connect() as con:
+            con.begin()
+            _HELD[key] = (threading.get_ident(), con)
+            try:
+                yield self
+                con.commit()
+            except BaseException:
+                con.rollback()
+                raise
+            finally:
+                del _HELD[key]
+
+    def _held(self) -> duckdb.DuckDBPyConnection | None:
+        """The connection of a batch() this thread has open on this file (any Registry object)."""
+        held = _HELD.get(str(self.path.resolve()))
+        return held[1] if held and held[0] == threading.get_ident() else None
 
     @contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        held = self._held()
+        if held is not None:  # inside this thread's batch(): the process lock is already ours
+            yield held
+            return
         deadline = time.monotonic() + self.lock_timeout_s
         delay = 0.02
         with _process_lock(self.path):

@@ -122,12 +122,13 @@ def evaluate_checkpoint(ctx: RunContext, strategy: str, checkpoint: str, rank: i
     rows = res.to_rows(model=model_label, strategy=strategy, checkpoint_rank=rank)
     frame = pl.DataFrame([{k: r[k] for k in ("model", "strategy", "checkpoint_rank", "benchmark", "pass1_mean",
                                              "pass1_std", "n_repeats")} | {"checkpoint": checkpoint} for r in rows])
-    ctx.registry.add_rows("eval_results", ctx.run_id, frame)
-    ckpt = _artifact_id(ctx.registry, checkpoint, "checkpoint:%")  # lineage: eval result -> checkpoint
-    for r in rows:
-        ctx.registry.add_artifact(ctx.run_id, "eval", f"eval_report:{strategy}:{r['benchmark']}", r["report_path"], None,
-                                  parents=[ckpt] if ckpt else [],
-                                  meta={"checkpoint": checkpoint, "rank": rank, "pass1": r["pass1_mean"]})
+    with ctx.registry.batch() as reg:
+        reg.add_rows("eval_results", ctx.run_id, frame)
+        ckpt = _artifact_id(reg, checkpoint, "checkpoint:%")  # lineage: eval result -> checkpoint
+        for r in rows:
+            reg.add_artifact(ctx.run_id, "eval", f"eval_report:{strategy}:{r['benchmark']}", r["report_path"], None,
+                             parents=[ckpt] if ckpt else [],
+                             meta={"checkpoint": checkpoint, "rank": rank, "pass1": r["pass1_mean"]})
     return rows
 
 
@@ -188,8 +189,9 @@ def comparison_report(ctx: RunContext, rows: list[dict], not_run: dict[str, str]
     if not_run:
         markdown += "\n\nStrategies without a result:\n\n" + "\n".join(f"- `{s}`: {why}" for s, why in not_run.items()) + "\n"
     write_text_atomic(markdown, md_path)
-    ctx.registry.add_artifact(ctx.run_id, "report", "comparison_md", md_path, table.height)
-    ctx.registry.add_artifact(ctx.run_id, "report", "comparison_csv", csv_path, table.height)
-    ctx.registry.add_artifact(ctx.run_id, "report", "pass1_summary_csv", summary_csv, summary.height)
+    with ctx.registry.batch() as reg:
+        reg.add_artifact(ctx.run_id, "report", "comparison_md", md_path, table.height)
+        reg.add_artifact(ctx.run_id, "report", "comparison_csv", csv_path, table.height)
+        reg.add_artifact(ctx.run_id, "report", "pass1_summary_csv", summary_csv, summary.height)
     return {"markdown": markdown, "md_path": str(md_path), "csv_path": str(csv_path),
             "summary": summary.to_dicts(), "costs": [] if costs is None else costs.to_dicts()}

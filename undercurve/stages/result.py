@@ -69,11 +69,12 @@ def _record(ctx: RunContext, stage: str, kind: str, path: Path, rows_in: int, ke
     already in ``<stage>/set_aside.parquet``) with lineage in the registry."""
     if kept + aside.height != rows_in:
         raise AssertionError(f"{stage}: rows in {rows_in} != kept {kept} + set aside {aside.height}")
-    reg = ctx.registry
-    aid = reg.add_artifact(ctx.run_id, stage, kind, path, kept, parents=parents, meta=extra)
-    if aside.height:
-        reg.add_artifact(ctx.run_id, stage, "set_aside", path.parent / "set_aside.parquet", aside.height, parents=parents)
-        reg.add_set_aside(ctx.run_id, stage, aside)
+    with ctx.registry.batch() as reg:
+        aid = reg.add_artifact(ctx.run_id, stage, kind, path, kept, parents=parents, meta=extra)
+        if aside.height:
+            reg.add_artifact(ctx.run_id, stage, "set_aside", path.parent / "set_aside.parquet", aside.height,
+                             parents=parents)
+            reg.add_set_aside(ctx.run_id, stage, aside)
     log.info("%s: %d in, %d kept, %d set aside -> %s", stage, rows_in, kept, aside.height, path)
     return StageResult(stage, str(path), aid, rows_in, kept, aside.height, extra or {})
 

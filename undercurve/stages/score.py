@@ -163,9 +163,10 @@ def score_merge(ctx: RunContext, prev: StageResult, shards: list[Shard], model: 
              "cache": str(cache.root),
              **_cost(_shard_seconds(ctx, "score") if seconds is None else seconds,
                      pl.scan_parquet(path).select(pl.col("response_tokens").sum()).collect().item())}
-    res = _record(ctx, "score", "scores", path, n_rows, _parquet_rows(path), aside, [prev.artifact_id], extra)
-    ctx.registry.add_artifact(ctx.run_id, "score", "entropies", manifest, res.rows_out, parents=[res.artifact_id],
-                              meta={"parts": side, "dtype": "float16"})
+    with ctx.registry.batch() as reg:
+        res = _record(ctx, "score", "scores", path, n_rows, _parquet_rows(path), aside, [prev.artifact_id], extra)
+        reg.add_artifact(ctx.run_id, "score", "entropies", manifest, res.rows_out, parents=[res.artifact_id],
+                         meta={"parts": side, "dtype": "float16"})
     return res
 
 

@@ -37,12 +37,13 @@ def select_stage(ctx: RunContext, features: StageResult, samples: StageResult, s
     # the dataset carries the strategy's feature columns too, so its card can summarise them
     hf, hf_rows = export_hf_dataset(sample_rows, chosen.join(df.select("id", *strat.needs), on="id", how="left"),
                                     d / f"{strategy}.hf", card)
-    reg = ctx.registry
-    aid = reg.add_artifact(ctx.run_id, "select", f"selection:{strategy}", path, chosen.height,
-                           parents=[features.artifact_id], meta={"budget": sel.budget, "seed": sel.seed})
-    jid = reg.add_artifact(ctx.run_id, "export", f"swift_jsonl:{strategy}", jsonl, n, parents=[aid, samples.artifact_id])
-    reg.add_artifact(ctx.run_id, "export", f"hf_dataset:{strategy}", hf, hf_rows, parents=[aid, samples.artifact_id])
-    reg.add_selection(ctx.run_id, chosen)
+    with ctx.registry.batch() as reg:
+        aid = reg.add_artifact(ctx.run_id, "select", f"selection:{strategy}", path, chosen.height,
+                               parents=[features.artifact_id], meta={"budget": sel.budget, "seed": sel.seed})
+        jid = reg.add_artifact(ctx.run_id, "export", f"swift_jsonl:{strategy}", jsonl, n,
+                               parents=[aid, samples.artifact_id])
+        reg.add_artifact(ctx.run_id, "export", f"hf_dataset:{strategy}", hf, hf_rows, parents=[aid, samples.artifact_id])
+        reg.add_selection(ctx.run_id, chosen)
     if chosen.height < sel.budget:
         log.warning("select %s: only %d eligible samples for a budget of %d", strategy, chosen.height, sel.budget)
     log.info("select %s: %d samples -> %s", strategy, chosen.height, jsonl)
