@@ -4,6 +4,8 @@ unrelated problems are kept, every removal carries evidence, indexes are cached.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -119,6 +121,32 @@ def test_suite_aliases_parquet_and_user_spec(tmp_path):
     assert u.rows() == [("mybench", "q1", "A user benchmark question about prime gaps.")]
     with pytest.raises(KeyError):
         load_suite("not-a-benchmark")
+
+
+def test_local_suites_of_every_layout_are_read_without_datasets(tmp_path):
+    """JSON lines (ids a number in one row, a string in another), a JSON array, CSV: read by
+    polars in a process that never imports ``datasets`` (its import costs seconds per run)."""
+    lines = tmp_path / "b.jsonl"
+    lines.write_text('{"id": 7, "problem": "First question?"}\n\n{"id": "x8", "problem": "Second?"}\n'
+                     '{"id": 9, "problem": null}\n')
+    array = tmp_path / "b.json"
+    array.write_text(json.dumps([{"question": "Array one?", "tags": [1, 2]}, {"question": "Array two?"}]))
+    table = tmp_path / "b.csv"
+    table.write_text("ID,Question\n1,\"A, comma?\"\n2,Plain?\n")
+    code = f"""
+import sys
+from undercurve.decontam.suites import load_suite
+def spec(name, path): return {{"name": name, "path": path, "normaliser": "plain"}}
+print(load_suite(spec("l", {str(lines)!r})).rows())
+print(load_suite(spec("a", {str(array)!r})).rows())
+print(load_suite(spec("c", {str(table)!r})).rows())
+print("datasets" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out == [str([("l", "7", "First question?"), ("l", "x8", "Second?")]),
+                   str([("a", "test-0", "Array one?"), ("a", "test-1", "Array two?")]),
+                   str([("c", "1", "A, comma?"), ("c", "2", "Plain?")]),
+                   "False"]
 
 
 def test_latex_normaliser_ignores_markup_drift():
@@ -327,6 +355,31 @@ def test_the_stage_streams_the_corpus_and_reports_as_one_pass(tmp_path, settings
     recorded = reg.query("SELECT benchmark, method, n FROM contamination WHERE run_id = ? ORDER BY ALL", [ctx.run_id])
     assert recorded.rows() == [(c["benchmark"], c["method"], c["count"]) for c in report["counts"]]
     assert sorted(p.name for p in out.iterdir()) == ["removed_audit.parquet", "samples.parquet", "set_aside.parquet"]
+
+
+def test_the_nearest_memo_writes_few_parts_and_finds_unwritten_results(tmp_path, monkeypatch):
+    """Results are written PART_ROWS at a time (a 1M-prompt run must not leave a part per batch
+    for every lookup to scan), found before and after they are written, and by a later run
+    after ``flush``; values come back as the float32 a part stores."""
+    import numpy as np
+
+    monkeypatch.setattr(embed.NearestMemo, "PART_ROWS", 4)
+    settings = {"model_identity": "m", "max_tokens": 128, "int8": False, "benchmark_items": "b"}
+    memo = embed.NearestMemo(tmp_path, settings)
+    cos = np.array([0.1, 0.2, 0.3], dtype=np.float64) + 1e-9  # not float32-exact
+    memo.put(["a", "b", "c"], np.array([0, 1, 2]), cos)
+    assert memo.cache.parts() == [] and memo.get(["c", "z"]) == {"c": (2, float(np.float32(cos[2])))}
+    memo.put(["d", "e"], np.array([3, 4]), np.array([0.4, 0.5]))  # 5 pending >= 4: one part
+    assert len(memo.cache.parts()) == 1 and memo.pending == {}
+    memo.put(["f"], np.array([5]), np.array([0.6]))
+    assert set(memo.get(["a", "e", "f", "z"])) == {"a", "e", "f"}
+    memo.flush()
+    later = embed.NearestMemo(tmp_path, settings)
+    assert len(later.parts) == 2
+    got = later.get(list("abcdefz"))
+    assert {k: v[0] for k, v in got.items()} == dict(zip("abcdef", range(6)))
+    assert got["c"][1] == float(np.float32(cos[2]))
+    assert (memo.encoded, later.reused) == (6, 6)
 
 
 def test_nearest_items_are_kept_by_content(model, settings, tmp_path):

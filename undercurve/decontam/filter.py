@@ -153,8 +153,9 @@ class Decontaminator:
     rows; a prompt's nearest item does not depend on the other prompts), so batches give the
     rows of one pass over the whole corpus. What crosses batches is the report's state:
     counts, the first examples per (benchmark, method) and the top near misses. Distinct
-    prompts are embedded once per batch; one repeated in a later batch is embedded again,
-    which costs time, not memory.
+    prompts are embedded once per batch; one repeated in a later batch is embedded again
+    unless a result cache (``result_cache``: the nearest-item memo) holds it. Call ``close``
+    after the last batch.
     """
 
     def __init__(self, settings: dict | None = None, *, model=None):
@@ -191,6 +192,11 @@ class Decontaminator:
         self.examples: dict[tuple, list[dict]] = {}  # (benchmark, method) -> its first removed rows
         self.near: list[tuple] = []  # (-cosine, corpus row, entry): the best near misses so far
         self._took("total_s", t0)
+
+    def close(self) -> None:
+        """Write what the nearest-item memo still holds in memory (call after the last batch)."""
+        if self.memo:
+            self.memo.flush()
 
     def _took(self, key: str, since: float) -> None:
         self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - since
@@ -302,5 +308,6 @@ def decontaminate(df: pl.DataFrame, settings: dict | None = None, *, model=None)
     _check_columns(df.columns)
     filt = Decontaminator(settings, model=model)
     kept, removed = filt.filter(df)
+    filt.close()
     log.info("decontaminate: %d rows -> %d kept, %d removed", df.height, kept.height, removed.height)
     return kept, removed, filt.report()

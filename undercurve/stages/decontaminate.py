@@ -48,12 +48,13 @@ def decontaminate_stage(ctx: RunContext, prev: StageResult, demo_benchmark: str 
             rows_in += batch.height
             if progress:
                 progress(rows_in, total)
+        filt.close()
         audit_path = audit.commit()
         report = filt.report()
         res = _finish_streamed(ctx, "decontaminate", kept, aside, rows_in, [prev.artifact_id], extra={"report": report})
-    reg = ctx.registry
-    reg.add_artifact(ctx.run_id, "decontaminate", "contamination_audit", audit_path, audit.rows,
-                     parents=[prev.artifact_id], meta={"columns": list(REMOVED_SCHEMA)})
     counts = pl.DataFrame(report["counts"], schema={"benchmark": pl.Utf8, "method": pl.Utf8, "count": pl.Int64})
-    reg.add_rows("contamination", ctx.run_id, counts.rename({"count": "n"}))
+    with ctx.registry.batch() as reg:
+        reg.add_artifact(ctx.run_id, "decontaminate", "contamination_audit", audit_path, audit.rows,
+                         parents=[prev.artifact_id], meta={"columns": list(REMOVED_SCHEMA)})
+        reg.add_rows("contamination", ctx.run_id, counts.rename({"count": "n"}))
     return res
