@@ -142,6 +142,29 @@ def _whole_reads_of(path, monkeypatch):
     monkeypatch.setattr(pl, "read_parquet", read)
 
 
+def test_chat_token_counts_are_those_of_one_chat_at_a_time(tmp_path, tiny_model):
+    """The batched count (the Rust backend, no offsets) equals tokenising each rendered chat
+    alone through the tokenizer's own call, even when the tokenizer file turned truncation and
+    padding on (the tokenizer's call turns them off; so must the count)."""
+    from transformers import AutoTokenizer
+
+    import undercurve.textlen as textlen
+    from undercurve.demo import write_demo_inputs
+    from undercurve.ingest import ingest
+
+    corpus, _ = write_demo_inputs(tmp_path / "inputs", size=40, seed=5)
+    samples, _ = ingest(str(corpus))
+    samples = pl.concat([samples, samples.head(1).with_columns(id=pl.lit("unicode"), prompt=pl.lit("héllo <|x|> ∑ 🙂"),
+                                                                 response=pl.lit(""))])
+    tok = AutoTokenizer.from_pretrained(str(tiny_model))
+    texts = textlen.chat_texts(tok, samples["prompt"].to_list(), samples["response"].to_list())
+    want = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    assert min(want) < 64 < max(want)
+    tok._tokenizer.enable_truncation(64)
+    tok._tokenizer.enable_padding(length=128)
+    assert textlen.token_lengths(tok, samples, batch=7) == want
+
+
 def test_length_cap_streams_its_input_in_batches(tmp_path, tiny_model, monkeypatch):
     """Batches of 5 rows, the input never read whole, and the outputs of one pass over the
     whole table: the same kept rows with their token counts, in order; the same set-aside rows."""
