@@ -73,8 +73,7 @@ def _rollouts(ctx: RunContext, shards: list[Shard], model: str, work: Path, prog
     -> seconds computed."""
     from undercurve.vllm_stages import pass_rate_rollouts
 
-    cache = pass_rate_cache(ctx, model, _backend(ctx))
-    todo = [s for s in shards if not cache.done(s.output_path)]
+    todo = [s for s in shards if not _part_cache(s).done(s.output_path)]
     settings = {**ctx.settings.pass_rate.model_dump(), "box_openers": ctx.settings.answers.box_openers}
     steps, seconds = pass_rate_rollouts([Path(s.input_path) for s in todo], model, settings, work,
                                         ctx.settings.model.trust_remote_code, progress)
@@ -84,15 +83,22 @@ def _rollouts(ctx: RunContext, shards: list[Shard], model: str, work: Path, prog
         def keyed(path: str) -> pl.DataFrame:
             return pl.read_parquet(path).join(key_of, on="id", how="left").select(KEY, pl.exclude(KEY, "id"))
 
-        cache.write(key_of[KEY].to_list(), keyed(step["pass_rate_output"]), {"rollouts": keyed(step["output"])})
+        _part_cache(shard).write(key_of[KEY].to_list(), keyed(step["pass_rate_output"]),
+                                 {"rollouts": keyed(step["output"])})
     return seconds
+
+
+def _part_cache(shard: Shard) -> ResultCache:
+    """The cache a planned shard writes into (its part's folder): no need to hash the model
+    files and pick the backend again on a worker."""
+    return ResultCache(Path(shard.output_path).parent)
 
 
 def rollout_shard(ctx: RunContext, shard: Shard, model: str) -> bool:
     """Roll out one shard into its cache part, as its own worker job (skipped if the part is
     already there, verified); returns True when skipped."""
     t0 = time.perf_counter()
-    skipped = ResultCache(Path(shard.output_path).parent).done(shard.output_path)
+    skipped = _part_cache(shard).done(shard.output_path)
     if not skipped:
         _rollouts(ctx, [shard], model, ctx.stage_dir("pass_rate") / "work" / f"shard-{shard.index:05d}")
     seconds = time.perf_counter() - t0
