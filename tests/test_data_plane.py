@@ -143,8 +143,8 @@ def _whole_reads_of(path, monkeypatch):
 
 
 def test_chat_token_counts_are_those_of_one_chat_at_a_time(tmp_path, tiny_model):
-    """The batched count (the Rust backend, no offsets) equals tokenising each rendered chat
-    alone through the tokenizer's own call, even when the tokenizer file turned truncation and
+    """The batched render and count (the Rust backend, no offsets) equal rendering and
+    tokenising each chat alone through the tokenizer's own calls, even when the tokenizer file turned truncation and
     padding on (the tokenizer's call turns them off; so must the count)."""
     from transformers import AutoTokenizer
 
@@ -157,7 +157,9 @@ def test_chat_token_counts_are_those_of_one_chat_at_a_time(tmp_path, tiny_model)
     samples = pl.concat([samples, samples.head(1).with_columns(id=pl.lit("unicode"), prompt=pl.lit("héllo <|x|> ∑ 🙂"),
                                                                  response=pl.lit(""))])
     tok = AutoTokenizer.from_pretrained(str(tiny_model))
-    texts = textlen.chat_texts(tok, samples["prompt"].to_list(), samples["response"].to_list())
+    texts = [tok.apply_chat_template([{"role": "user", "content": p}, {"role": "assistant", "content": r}],
+                                     tokenize=False) for p, r in samples.select("prompt", "response").iter_rows()]
+    assert textlen.chat_texts(tok, samples["prompt"].to_list(), samples["response"].to_list()) == texts
     want = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
     assert min(want) < 64 < max(want)
     tok._tokenizer.enable_truncation(64)
