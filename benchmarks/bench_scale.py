@@ -216,10 +216,12 @@ def floor(workdir: Path, args: dict) -> dict:
     elif name == "length_cap":  # the chat template as a string expression, the same tokenizer call, the cap
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(str(workdir / "models" / "tiny-qwen2"))
+        from undercurve.textlen import counter  # the stage's own count: the Rust backend, lengths only
+
+        count = counter(AutoTokenizer.from_pretrained(str(workdir / "models" / "tiny-qwen2")))
 
         def lengths(s: pl.Series) -> pl.Series:
-            return pl.Series([len(ids) for ids in tok(s.to_list(), add_special_tokens=False)["input_ids"]], dtype=pl.Int64)
+            return pl.Series(count(s.to_list()), dtype=pl.Int64)
 
         chat = pl.concat_str(pl.lit("<|im_start|>user\n"), "prompt", pl.lit("<|im_end|>\n<|im_start|>assistant\n"),
                              "response", pl.lit("<|im_end|>\n"))
