@@ -53,6 +53,38 @@ def test_part_round_trip_and_verification(tmp_path):
     assert ResultCache.open(tmp_path / "cache", "score", {"model": "m", "mode": "probe"}).root != cache.root
 
 
+def test_a_verified_part_is_hashed_once_per_process_until_it_changes(tmp_path, monkeypatch):
+    """Plan and merge both verify the parts a run reuses: the second time costs a stat, not a
+    read. Any later edit is still caught: in place with the same size, or with its mtime put
+    back (ctime moves), or by a replaced file (a new inode)."""
+    import undercurve.io as io
+
+    cache = ResultCache.open(tmp_path / "cache", "score", {"model": "m"})
+    part = cache.write(["k1"], pl.DataFrame({KEY: ["k1"], "eas": [1.0]}),
+                       {"entropies": pl.DataFrame({KEY: ["k1"], "plain_entropy": [[0.5, 0.25]]})})
+    time.sleep(1.1)  # only files unchanged for a second are remembered
+    reads = []
+    real = io.file_sha256
+    monkeypatch.setattr(io, "file_sha256", lambda p: reads.append(p) or real(p))
+    assert cache.parts() == [part] and len(reads) == 2
+    assert cache.parts() == [part] and len(reads) == 2  # not read again
+
+    side = cache.side_path(part, "entropies")
+    st = side.stat()
+    data = bytearray(side.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    side.write_bytes(bytes(data))  # same size, in place
+    os.utime(side, ns=(st.st_atime_ns, st.st_mtime_ns))  # and the old mtime
+    assert side.stat().st_size == st.st_size and side.stat().st_mtime_ns == st.st_mtime_ns
+    assert cache.parts() == []
+    side.write_bytes(bytes(data))
+    data[len(data) // 2] ^= 0xFF
+    tmp = side.with_name("restored")
+    tmp.write_bytes(bytes(data))
+    os.replace(tmp, side)  # the original bytes again, in a new file
+    assert cache.parts() == [part]
+
+
 def test_model_identity_is_content(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     for d in (a, b):

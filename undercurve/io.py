@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -121,6 +122,29 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+# sha256 of files this process has hashed, by what the file system says of them. A score
+# cache part verified when a run plans is then not read again when it merges. Only files
+# unchanged for a second before hashing are remembered: file times tick coarsely (a few ms),
+# so an edit right after a write could keep the same stamp; an edit after the hash cannot.
+_HASHED: dict[str, tuple[tuple[int, int, int, int], str]] = {}
+
+
+def verified_sha256(path: str | Path) -> str:
+    """``file_sha256``, remembered for a file whose size, inode, mtime and ctime (which any
+    write, rename or ``utime`` moves) have not changed since this process hashed it."""
+    path = os.path.abspath(path)
+    started = time.time_ns()
+    st = os.stat(path)
+    stamp = (st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+    hit = _HASHED.get(path)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    digest = file_sha256(path)
+    if started - max(st.st_mtime_ns, st.st_ctime_ns) > 1_000_000_000:
+        _HASHED[path] = (stamp, digest)
+    return digest
+
+
 def fingerprint(obj) -> str:
     """Stable short hash of a JSON-able object (settings, id lists)."""
     blob = json.dumps(obj, sort_keys=True, default=str).encode()
@@ -176,7 +200,7 @@ def outputs_verified(marker: str | Path, fingerprint_: str, outputs: list[str | 
     if m.get("fingerprint") != fingerprint_:
         return False
     hashes = m.get("sha256") or {}
-    return bool(outputs) and all(Path(p).exists() and hashes.get(_rel(p, marker)) == file_sha256(p) for p in outputs)
+    return bool(outputs) and all(Path(p).exists() and hashes.get(_rel(p, marker)) == verified_sha256(p) for p in outputs)
 
 
 class RunLocked(RuntimeError):
