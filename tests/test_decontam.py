@@ -147,6 +147,10 @@ print("datasets" in sys.modules)
                    str([("a", "test-0", "Array one?"), ("a", "test-1", "Array two?")]),
                    str([("c", "1", "A, comma?"), ("c", "2", "Plain?")]),
                    "False"]
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"id": 1, "problem": "Fine?"}\n{"id": 2, "problem": \n')
+    with pytest.raises(ValueError, match=r"suite 'mine': cannot read .*broken.jsonl as json"):
+        load_suite({"name": "mine", "path": str(broken), "normaliser": "plain"})
 
 
 def test_latex_normaliser_ignores_markup_drift():

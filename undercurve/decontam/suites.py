@@ -162,14 +162,17 @@ def _load_table(spec: SuiteSpec) -> pl.DataFrame:
             raise FileNotFoundError(f"suite {spec.name!r}: {p} does not exist")
         # a local file has one split whatever the hub's split is called; every row sets the
         # column types (an id that is a number in one row and a string in another is a string)
-        if fmt == "parquet":
-            return pl.read_parquet(p)
-        if fmt == "csv":
-            return pl.read_csv(p, infer_schema_length=None)
-        try:  # JSON lines, else one JSON array of records
-            return pl.read_ndjson(p, infer_schema_length=None)
-        except pl.exceptions.ComputeError:
-            return pl.read_json(p, infer_schema_length=None)
+        try:
+            if fmt == "parquet":
+                return pl.read_parquet(p)
+            if fmt == "csv":
+                return pl.read_csv(p, infer_schema_length=None)
+            with open(p, "rb") as fh:  # one JSON array of records, else JSON lines
+                array = fh.read(4096).lstrip(b"\xef\xbb\xbf").lstrip().startswith(b"[")
+            return (pl.read_json if array else pl.read_ndjson)(p, infer_schema_length=None)
+        except (pl.exceptions.PolarsError, OSError) as exc:  # a benchmark is never half read
+            why = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"suite {spec.name!r}: cannot read {p} as {fmt}: {why}") from None
     import datasets  # heavy import, only when a hub suite is actually read
 
     return datasets.load_dataset(spec.hub_id, spec.config, split=spec.split).to_polars()
