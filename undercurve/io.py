@@ -141,6 +141,8 @@ def verified_sha256(path: str | Path) -> str:
         return hit[1]
     digest = file_sha256(path)
     if started - max(st.st_mtime_ns, st.st_ctime_ns) > 1_000_000_000:
+        if len(_HASHED) >= 100_000:  # a long-lived worker: start over rather than grow
+            _HASHED.clear()
         _HASHED[path] = (stamp, digest)
     return digest
 
