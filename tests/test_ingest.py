@@ -383,20 +383,11 @@ def test_missing_and_unreadable_sources_are_refused_clearly(tmp_path):
 
 
 # ---------------------------------------------------------------- the stage
-class _FakeRegistry:
-    def __init__(self):
-        self.artifacts, self.set_aside = [], []
-
-    def add_artifact(self, run_id, stage, kind, path, rows, parents=(), meta=None):
-        self.artifacts.append((stage, kind, rows))
-        return f"a{len(self.artifacts)}"
-
-    def add_set_aside(self, run_id, stage, frame):
-        self.set_aside.append((stage, dict(Counter(frame["reason"]))))
-
-
 def _ctx(tmp_path, limit=None):
-    reg = _FakeRegistry()
+    """What the ingest stage reads of a run context, with a real registry file."""
+    from undercurve.registry import Registry
+
+    reg = Registry(tmp_path / "registry.duckdb", create=True)
 
     def stage_dir(stage):
         d = tmp_path / "run" / stage
@@ -405,30 +396,35 @@ def _ctx(tmp_path, limit=None):
 
     settings = SimpleNamespace(corpus=SimpleNamespace(split="train", limit=limit),
                                answers=SimpleNamespace(box_openers=["\\boxed{"]))
-    return SimpleNamespace(settings=settings, run_id="r", registry=reg, stage_dir=stage_dir), reg
+    run_id = reg.start_run("curate", "t", {}, "h")
+    return SimpleNamespace(settings=settings, run_id=run_id, registry=reg, stage_dir=stage_dir), reg
 
 
 def ingest_to_stage(tmp_path, source, limit=None):
+    """-> (stage result, the run's artifacts as (stage, kind, rows), its set-aside counts)."""
     from undercurve.stages import ingest_stage
 
     ctx, reg = _ctx(tmp_path, limit)
-    return ingest_stage(ctx, source), reg
+    res = ingest_stage(ctx, source)
+    arts = reg.query("SELECT stage, kind, rows FROM artifacts WHERE run_id = ? ORDER BY rowid", [ctx.run_id])
+    aside = reg.query("SELECT stage, reason, n FROM set_aside WHERE run_id = ?", [ctx.run_id])
+    return res, arts.rows(), {(st, r): n for st, r, n in aside.rows()}
 
 
 def test_stage_streams_to_files_and_records_like_finish(tmp_path, monkeypatch):
     monkeypatch.setattr(ingest_mod, "BATCH_ROWS", 2)  # several Parquet row groups
     path = _write(tmp_path / "c.jsonl", [json.dumps(r) for r in MIXED])
-    res, reg = ingest_to_stage(tmp_path, str(path))
+    res, arts, aside = ingest_to_stage(tmp_path, str(path))
     assert (res.rows_in, res.rows_out, res.set_aside) == (9, 6, 3)
     assert pl.read_parquet(res.path).height == 6
-    assert reg.artifacts == [("ingest", "samples", 6), ("ingest", "set_aside", 3)]
-    assert reg.set_aside == [("ingest", {"unknown record layout": 1, "response has no \\boxed{} final answer": 1,
-                                         "duplicate id": 1})]
+    assert arts == [("ingest", "samples", 6), ("ingest", "set_aside", 3)]
+    assert aside == {("ingest", "unknown record layout"): 1, ("ingest", "response has no \\boxed{} final answer"): 1,
+                     ("ingest", "duplicate id"): 1}
     assert res.extra["set_aside_reasons"]["duplicate id"] == 1
-    res, reg = ingest_to_stage(tmp_path, str(path), limit=3)
+    res, arts, aside = ingest_to_stage(tmp_path, str(path), limit=3)
     assert (res.rows_in, res.rows_out, res.set_aside) == (3, 3, 0)
     assert not (tmp_path / "run" / "ingest" / "set_aside.parquet").exists()  # as _finish: none when none set aside
-    assert [a[1] for a in reg.artifacts] == ["samples"]
+    assert arts == [("ingest", "samples", 3)] and aside == {}
 
 
 def test_a_source_of_only_bad_rows_fails_with_the_reasons(tmp_path):
