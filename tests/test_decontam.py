@@ -386,6 +386,21 @@ def test_the_nearest_memo_writes_few_parts_and_finds_unwritten_results(tmp_path,
     assert (memo.encoded, later.reused) == (6, 6)
 
 
+def test_prompts_embedded_before_a_failure_are_not_embedded_again(model, settings, tmp_path):
+    """The memo holds up to PART_ROWS results in memory; a run that fails after some batches
+    still writes them (the filter is a context manager), so the next run reuses them."""
+    from undercurve.decontam import Decontaminator
+
+    s = {**settings, "ngram": False, "result_cache": str(tmp_path / "cache")}
+    first = _corpus()
+    with pytest.raises(RuntimeError, match="after one batch"):
+        with Decontaminator(s, model=model[1]) as filt:
+            filt.filter(first.head(4))
+            raise RuntimeError("killed after one batch")
+    _, _, rep = decontaminate(first.head(4), s, model=model[1])
+    assert rep["embedded_prompts"] == {"encoded": 0, "reused": 4}
+
+
 def test_nearest_items_are_kept_by_content(model, settings, tmp_path):
     """With the result cache, a second corpus (the first shuffled, one prompt edited, two new)
     embeds only its three new prompts, and removes exactly what a run without the cache does."""

@@ -49,12 +49,13 @@ def test_run_lock_is_exclusive(tmp_path):
         pass
 
 
-def test_a_batch_is_one_transaction_shared_by_this_thread_only(tmp_path):
+def test_a_batch_lands_whole_at_its_end_and_never_holds_the_file_meanwhile(tmp_path):
     """A stage's writes (artifact, lineage, set-aside counts) land together or not at all;
-    another Registry object on the same file, in the same thread, joins the batch instead of
-    waiting for it (no deadlock); another thread waits for the commit."""
+    another Registry object on the same file, in the same thread, joins the batch; while the
+    block runs (hashing outputs, say) other threads use the file freely and see none of it."""
     import threading
 
+    import duckdb
     import polars as pl
 
     path = tmp_path / "r.duckdb"
@@ -62,23 +63,32 @@ def test_a_batch_is_one_transaction_shared_by_this_thread_only(tmp_path):
     a = tmp_path / "a.txt"
     a.write_text("x")
     run = reg.start_run("curate", "t", {}, "h")
-    with pytest.raises(RuntimeError, match="mid-stage"):
+
+    def count(table: str) -> int:
+        return reg.query(f"SELECT count(*) AS n FROM {table}")["n"][0]
+
+    with pytest.raises(RuntimeError, match="mid-stage"):  # the block fails: nothing lands
         with reg.batch():
             reg.add_artifact(run, "ingest", "samples", a, 1)
             Registry(path).add_set_aside(run, "ingest", pl.DataFrame({"reason": ["bad line"]}))
             raise RuntimeError("killed mid-stage")
-    assert reg.query("SELECT count(*) AS n FROM artifacts")["n"][0] == 0
-    assert reg.query("SELECT count(*) AS n FROM set_aside")["n"][0] == 0
+    assert count("artifacts") == 0 and count("set_aside") == 0
+
+    with pytest.raises(duckdb.Error):  # a write fails while the batch is applied: nothing lands
+        with reg.batch():
+            reg.add_artifact(run, "ingest", "samples", a, 1)
+            reg._insert("set_aside", pl.DataFrame({"no_such_column": [1]}))
+    assert count("artifacts") == 0
 
     seen = []
     with reg.batch():
         aid = Registry(path).add_artifact(run, "ingest", "samples", a, 1)
         other = threading.Thread(target=lambda: seen.append(
-            Registry(path).query("SELECT count(*) AS n FROM artifacts")["n"][0]))
+            (Registry(path).heartbeat(run), count("artifacts"))))
         other.start()
-        other.join(0.5)
-        assert other.is_alive()  # blocked until the batch commits
+        other.join(30)
+        assert not other.is_alive()  # not blocked by the open batch
         reg.add_artifact(run, "select", "selection", a, 1, parents=[aid])
-    other.join(30)
-    assert seen == [2]
+    assert seen == [(None, 0)]  # it saw none of the batch
+    assert count("artifacts") == 2
     assert reg.query("SELECT parent_id FROM lineage")["parent_id"].to_list() == [aid]

@@ -20,7 +20,7 @@ import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import duckdb
 import polars as pl
@@ -103,9 +103,9 @@ _PROCESS_LOCKS: dict[str, threading.Lock] = {}
 _PROCESS_LOCKS_GUARD = threading.Lock()
 
 
-def _process_lock(path: Path) -> threading.Lock:
+def _process_lock(key: str) -> threading.Lock:
     with _PROCESS_LOCKS_GUARD:
-        return _PROCESS_LOCKS.setdefault(str(path.resolve()), threading.Lock())
+        return _PROCESS_LOCKS.setdefault(key, threading.Lock())
 
 
 # Files whose schema this process has already brought up to date, by (path, device, inode):
@@ -118,8 +118,8 @@ def _file_identity(path: Path) -> tuple[str, int, int]:
     return str(path.resolve()), st.st_dev, st.st_ino
 
 
-# file -> (thread, connection) of an open batch(): that thread's calls go through it.
-_HELD: dict[str, tuple[int, duckdb.DuckDBPyConnection]] = {}
+# (file, thread) -> the writes of that thread's open batch(), applied together when it ends.
+_PENDING: dict[tuple[str, int], list[Callable[[duckdb.DuckDBPyConnection], None]]] = {}
 
 
 class RegistryMissing(FileNotFoundError):
@@ -136,6 +136,7 @@ class Registry:
         """``create``: make the file if it is missing (only when a run starts); otherwise a
         missing file is an error, so a registry deleted mid-run fails the run loudly."""
         self.path = Path(path)
+        self._key = str(self.path.resolve())
         self.lock_timeout_s = lock_timeout_s
         if not self.path.exists():
             if not create:
@@ -149,40 +150,49 @@ class Registry:
 
     @contextmanager
     def batch(self) -> Iterator["Registry"]:
-        """Several writes through one connection and one transaction (all or none of them),
-        e.g. a stage's artifacts, lineage and set-aside counts: opening the file and its
-        checkpoint on close cost ~30-60 ms each, per call otherwise. Other threads and
-        processes wait for the batch, so keep it to writes."""
-        if self._held() is not None:  # nested: the outer batch commits
+        """Several writes applied together, in one connection and one transaction (all or
+        none of them), e.g. a stage's artifacts, lineage and set-aside counts: opening the
+        file and its checkpoint on close cost ~30-60 ms each, per call otherwise.
+
+        Writes inside the block are queued (any Registry object on this file, in this thread,
+        joins the batch) and the file is opened only when the block ends, so work done inside
+        it, such as hashing a large output, never holds the file from other threads and
+        processes. Reads inside the block do not see its queued writes."""
+        slot = (self._key, threading.get_ident())
+        if slot in _PENDING:  # nested: the outer batch applies
             yield self
             return
-        key = str(self.path.resolve())
+        ops = _PENDING[slot] = []
+        try:
+            yield self
+        finally:
+            del _PENDING[slot]
+        if not ops:
+            return
         with self.connect() as con:
             con.begin()
-            _HELD[key] = (threading.get_ident(), con)
             try:
-                yield self
+                for op in ops:
+                    op(con)
                 con.commit()
             except BaseException:
                 con.rollback()
                 raise
-            finally:
-                del _HELD[key]
 
-    def _held(self) -> duckdb.DuckDBPyConnection | None:
-        """The connection of a batch() this thread has open on this file (any Registry object)."""
-        held = _HELD.get(str(self.path.resolve()))
-        return held[1] if held and held[0] == threading.get_ident() else None
+    def _write(self, op: Callable[[duckdb.DuckDBPyConnection], None]) -> None:
+        """Apply a write now, or queue it in this thread's open batch() on this file."""
+        ops = _PENDING.get((self._key, threading.get_ident()))
+        if ops is not None:
+            ops.append(op)
+            return
+        with self.connect() as con:
+            op(con)
 
     @contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        held = self._held()
-        if held is not None:  # inside this thread's batch(): the process lock is already ours
-            yield held
-            return
         deadline = time.monotonic() + self.lock_timeout_s
         delay = 0.02
-        with _process_lock(self.path):
+        with _process_lock(self._key):
             while True:
                 try:
                     con = duckdb.connect(str(self.path), read_only=read_only)
@@ -200,9 +210,14 @@ class Registry:
     def _insert(self, table: str, df: pl.DataFrame) -> None:
         if df.height == 0:
             return
-        with self.connect() as con:
-            con.register("_frame", df.to_arrow())
+        frame = df.to_arrow()
+
+        def insert(con: duckdb.DuckDBPyConnection) -> None:
+            con.register("_frame", frame)
             con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _frame")
+            con.unregister("_frame")
+
+        self._write(insert)
 
     # runs -----------------------------------------------------------------
     def start_run(self, flow: str, run_name: str, config: dict, config_hash: str,
@@ -219,14 +234,15 @@ class Registry:
 
     def finish_run(self, run_id: str, status: str, summary: dict | None = None, reason: str | None = None) -> None:
         """Final state: COMPLETED, FAILED or CANCELLED (with a one-line reason), or CRASHED."""
-        with self.connect() as con:
-            con.execute("UPDATE runs SET status = ?, finished_at = ?, summary_json = coalesce(?, summary_json), "
-                        "reason = ? WHERE run_id = ?",
-                        [status, _now(), None if summary is None else json.dumps(summary, default=str), reason, run_id])
+        params = [status, _now(), None if summary is None else json.dumps(summary, default=str), reason, run_id]
+        self._write(lambda con: con.execute(
+            "UPDATE runs SET status = ?, finished_at = ?, summary_json = coalesce(?, summary_json), reason = ? "
+            "WHERE run_id = ?", params))
 
     def heartbeat(self, run_id: str) -> None:
-        with self.connect() as con:
-            con.execute("UPDATE runs SET heartbeat_at = ? WHERE run_id = ? AND status = 'RUNNING'", [_now(), run_id])
+        params = [_now(), run_id]
+        self._write(lambda con: con.execute(
+            "UPDATE runs SET heartbeat_at = ? WHERE run_id = ? AND status = 'RUNNING'", params))
 
     def reap_crashed(self, stale_after_s: float = STALE_AFTER_S) -> list[str]:
         """Mark CRASHED every RUNNING run whose owner is gone: its process on this host no
@@ -243,9 +259,10 @@ class Registry:
             elif beat is not None and (_now() - beat).total_seconds() > stale_after_s:
                 crashed.append((r["run_id"], f"no heartbeat since {beat:%Y-%m-%d %H:%M:%S} UTC"))
         for run_id, reason in crashed:
-            with self.connect() as con:
-                con.execute("UPDATE runs SET status = 'CRASHED', finished_at = ?, reason = ? "
-                            "WHERE run_id = ? AND status = 'RUNNING'", [_now(), reason, run_id])
+            params = [_now(), reason, run_id]
+            self._write(lambda con, params=params: con.execute(
+                "UPDATE runs SET status = 'CRASHED', finished_at = ?, reason = ? WHERE run_id = ? AND status = 'RUNNING'",
+                params))
         return [c[0] for c in crashed]
 
     # artifacts ------------------------------------------------------------
@@ -279,6 +296,7 @@ class Registry:
 
     # queries --------------------------------------------------------------
     def query(self, sql: str, params: list | None = None) -> pl.DataFrame:
-        # not read_only: DuckDB refuses a read-only and a read-write handle in one process
+        # not read_only: DuckDB refuses a read-only and a read-write handle in one process.
+        # Inside a batch() this reads what is committed, not the batch's queued writes.
         with self.connect() as con:
             return pl.from_arrow(con.sql(sql, params=params).to_arrow_table())

@@ -198,6 +198,14 @@ class Decontaminator:
         if self.memo:
             self.memo.flush()
 
+    # ``with Decontaminator(...) as filt:`` closes it even when a batch or the caller fails, so
+    # the prompts embedded before the failure are not embedded again by the next run.
+    def __enter__(self) -> "Decontaminator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def _took(self, key: str, since: float) -> None:
         self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - since
 
@@ -306,8 +314,7 @@ def decontaminate(df: pl.DataFrame, settings: dict | None = None, *, model=None)
     The whole frame is one batch of a ``Decontaminator``; the stage streams its input.
     """
     _check_columns(df.columns)
-    filt = Decontaminator(settings, model=model)
-    kept, removed = filt.filter(df)
-    filt.close()
+    with Decontaminator(settings, model=model) as filt:
+        kept, removed = filt.filter(df)
     log.info("decontaminate: %d rows -> %d kept, %d removed", df.height, kept.height, removed.height)
     return kept, removed, filt.report()

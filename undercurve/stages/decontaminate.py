@@ -35,9 +35,9 @@ def decontaminate_stage(ctx: RunContext, prev: StageResult, demo_benchmark: str 
     settings["cache_dir"] = settings.get("cache_dir") or str(ctx.settings.cache_dir / "decontam")
     settings["result_cache"] = str(ctx.settings.cache_dir)  # each prompt's nearest item, by content
     schema = pl.read_parquet_schema(prev.path)  # from the footer
-    filt = Decontaminator(settings)
     rows_in, total = 0, _parquet_rows(Path(prev.path))
-    with (ParquetSink(out / "samples.parquet", schema) as kept,
+    with (Decontaminator(settings) as filt,
+          ParquetSink(out / "samples.parquet", schema) as kept,
           ParquetSink(out / "set_aside.parquet", SET_ASIDE_SCHEMA) as aside,
           ParquetSink(out / "removed_audit.parquet", REMOVED_SCHEMA) as audit):
         for batch in iter_parquet(prev.path, BATCH_ROWS):
@@ -48,7 +48,6 @@ def decontaminate_stage(ctx: RunContext, prev: StageResult, demo_benchmark: str 
             rows_in += batch.height
             if progress:
                 progress(rows_in, total)
-        filt.close()
         audit_path = audit.commit()
         report = filt.report()
         res = _finish_streamed(ctx, "decontaminate", kept, aside, rows_in, [prev.artifact_id], extra={"report": report})
