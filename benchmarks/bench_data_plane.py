@@ -80,7 +80,9 @@ def _synthetic_score_frame(args: dict):
     from undercurve.scoring import score
 
     def n_tokens(df) -> list[int]:
-        if args.get("tokens_from_id"):
+        # score shards carry only what scoring reads (no chat_tokens): a row's length is fixed
+        # by its id, and ``prepare`` writes the same lengths as the samples' chat_tokens
+        if args.get("tokens_from_id") or "chat_tokens" not in df.columns:
             return [_synthetic_T(sid, args["tokens"]) for sid in df["id"]]
         return [int(n) for n in df["chat_tokens"]]
 
@@ -134,7 +136,6 @@ def _synthetic_score_frame(args: dict):
 
 
 def prepare(workdir: Path, args: dict) -> dict:
-    import numpy as np
     import polars as pl
 
     from undercurve import stages
@@ -143,10 +144,10 @@ def prepare(workdir: Path, args: dict) -> dict:
 
     ctx = _context(workdir, args)
     n = args["rows"]
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(args["tokens"] // 2, args["tokens"] * 3 // 2 + 1, n)
+    ids = [f"s{i:08d}" for i in range(n)]
+    tokens = [_synthetic_T(sid, args["tokens"]) for sid in ids]  # uniform in [0.5, 1.5] x tokens
     samples = pl.DataFrame({
-        "id": [f"s{i:08d}" for i in range(n)], "source": "bench",
+        "id": ids, "source": "bench",
         "prompt": [f"Question {i}: what is {i} + {i}?" for i in range(n)],
         "response": [f"<think>{i} + {i} = {2 * i}</think> The answer is \\boxed{{{2 * i}}}." for i in range(n)],
         "answer": [str(2 * i) for i in range(n)], "answer_source": "field", "chat_tokens": tokens})
@@ -159,7 +160,7 @@ def prepare(workdir: Path, args: dict) -> dict:
     shards = stages.score_plan(ctx, prev, "synthetic")
     for s in shards:
         stages.score_shard(ctx, s, "synthetic")
-    return {"prepare_s": time.perf_counter() - t0, "response_tokens": int(tokens.sum())}
+    return {"prepare_s": time.perf_counter() - t0, "response_tokens": sum(tokens)}
 
 
 def measure(workdir: Path, args: dict) -> dict:
@@ -248,6 +249,7 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=500)
     ap.add_argument("--threads", type=int, default=2, help="POLARS_MAX_THREADS of the children")
     ap.add_argument("--keep", type=Path, help="keep the run folders here")
+    ap.add_argument("--summary", type=Path, help="also write the measurements as JSON here (bench_targets.py)")
     a = ap.parse_args()
     results = []
     base = a.keep or Path(tempfile.mkdtemp(prefix="bench-data-plane-"))
@@ -280,6 +282,8 @@ def main() -> None:
         bpt = max(r["score_bytes_per_token"] for r in rs)
         print(f"{code.name}: memory growth {rs[0]['rows']} -> {rs[-1]['rows']} rows {growth:+.0f} MiB (target <= 100 MB); "
               f"score files {bpt:.2f} B/token, {a.mode} mode (target <= 4)")
+    if a.summary:
+        a.summary.write_text(json.dumps(results))
 
 
 if __name__ == "__main__":

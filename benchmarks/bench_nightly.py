@@ -278,6 +278,7 @@ def main() -> None:
                     "(e.g. runs/models/smollm2-135m-instruct of `make demo`); only read")
     ap.add_argument("--base", type=Path, help="work folder (default: a new /tmp/bench-nightly-*, removed at the end)")
     ap.add_argument("--keep", action="store_true", help="keep --base")
+    ap.add_argument("--summary", type=Path, help="also write the measurements as JSON here (bench_targets.py)")
     a = ap.parse_args()
     base = a.base or Path(tempfile.mkdtemp(prefix="bench-nightly-"))
     base.mkdir(parents=True, exist_ok=True)
@@ -314,6 +315,8 @@ def main() -> None:
         if not a.keep:
             shutil.rmtree(base, ignore_errors=True)
     report(results, loads)
+    if a.summary:
+        a.summary.write_text(json.dumps({**results, "loads": loads}, default=str))
 
 
 def report(results: dict, loads: dict) -> None:

@@ -305,6 +305,7 @@ def main() -> None:
                     help="import datasets, transformers and the lazily imported modules before each clock starts")
     ap.add_argument("--workdir", type=Path, help="default: a new folder under /tmp, removed at the end")
     ap.add_argument("--keep", action="store_true", help="keep the workdir")
+    ap.add_argument("--summary", type=Path, help="also write the measurements as JSON here (bench_targets.py)")
     a = ap.parse_args()
     workdir = a.workdir or Path(tempfile.mkdtemp(prefix="bench-scale-"))
     code = a.code.resolve()
@@ -333,6 +334,10 @@ def main() -> None:
               + _trim(Path(p["profile"]).read_text()) + "```", flush=True)
     load1 = os.getloadavg()
     report(a, real, floors, disk, gen, load0, load1)
+    if a.summary:
+        a.summary.write_text(json.dumps({"rows": a.rows, "tokens": a.tokens, "gib": a.gib, "stages": real,
+                                         "floors": floors, "data_plane": list(DATA_PLANE),
+                                         "non_model": list(NON_MODEL), "disk": disk, "load": [load0, load1]}))
     if not a.keep:
         shutil.rmtree(workdir, ignore_errors=True)
 
