@@ -42,9 +42,8 @@ def test_part_round_trip_and_verification(tmp_path):
     part = cache.write(keys, main, {"entropies": side})
     assert part == cache.part_path(["k2", "k1"])  # a part is named by its set of keys
     assert cache.parts() == [part]
-    idx = cache.index([part]).collect()
-    assert sorted(idx[KEY].to_list()) == keys
-    assert cache.rows([part], "entropies").collect().sort(KEY)["plain_entropy"].to_list() == [[0.5], [0.25, 0.75]]
+    assert sorted(cache.lookup([part], ["k2", "k1", "k3"])[KEY].to_list()) == keys
+    assert cache.lookup([part], keys, "entropies").sort(KEY)["plain_entropy"].to_list() == [[0.5], [0.25, 0.75]]
     # an edited side table: the whole part is no longer trusted
     side_path = cache.side_path(part, "entropies")
     side_path.write_bytes(side_path.read_bytes()[:-10])
@@ -118,11 +117,45 @@ def test_prune_lru_and_keep(tmp_path):
     assert out["parts_removed"] == 1 and cache.parts() == [parts[0]]  # recently touched stays
 
 
-@pytest.mark.parametrize("n", [0, 1])
-def test_index_of_nothing(tmp_path, n):
-    cache = ResultCache.open(tmp_path, "k", {})
-    parts = [cache.write(["a"], pl.DataFrame({KEY: ["a"]}))][:n]
-    assert cache.index(parts).collect().height == n
+def test_lookup_holding_and_missing_agree_with_an_obvious_reference(tmp_path):
+    """Random parts that overlap (a key in several parts: the first part in order wins), and a
+    run's keys some of which no part holds, repeated and in any order."""
+    import random
+
+    rnd = random.Random(7)
+    cache = ResultCache.open(tmp_path / "cache", "k", {})
+    universe = [f"k{i:03d}" for i in range(200)]
+    parts, first = [], {}
+    for j in range(6):
+        keys = rnd.sample(universe[:150], 40)
+        side = [(k, r) for k in keys for r in range(rnd.randint(0, 3))]  # any number of rows per key
+        parts.append(cache.write(keys, pl.DataFrame({KEY: keys, "v": [j * 1000 + int(k[1:]) for k in keys]}),
+                                 {"many": pl.DataFrame({KEY: [k for k, _ in side], "r": [j * 10 + r for _, r in side]},
+                                                       schema={KEY: pl.Utf8, "r": pl.Int64})}))
+    parts = cache.parts()  # verified, in the order a run reads them
+    for part in parts:
+        many = pl.read_parquet(cache.side_path(part, "many"))
+        for k, v in pl.read_parquet(part).iter_rows():
+            first.setdefault(k, (v, str(part), many.filter(pl.col(KEY) == k)["r"].to_list()))
+    ask = rnd.choices(universe, k=120)  # repeats, and keys beyond any part (k150..)
+    got = ResultCache.lookup(parts, ask)
+    assert got[KEY].is_unique().all()
+    assert {k: (v, p) for k, v, p in got.iter_rows()} == {k: first[k][:2] for k in set(ask) if k in first}
+    assert ResultCache.lookup([], ask).height == 0
+    # a side table: every row of the key's first part, none of another part's
+    rows = ResultCache.lookup(parts, ask, "many")
+    assert {k: rows.filter(pl.col(KEY) == k)["r"].to_list() for k in set(ask) if k in first} == {
+        k: first[k][2] for k in set(ask) if k in first}
+    assert set(rows[KEY]) <= set(ask)
+
+    run = tmp_path / "keys.parquet"
+    pl.DataFrame({"id": [f"r{i}" for i in range(len(ask))], KEY: ask}).write_parquet(run)
+    want_parts = {str(p) for p in parts if set(pl.read_parquet(p)[KEY]) & set(ask)}
+    assert set(cache.holding(run, parts)) == want_parts and cache.holding(run, []) == []
+    missing = cache.missing(run).collect()
+    seen = set()
+    want = [(f"r{i}", k) for i, k in enumerate(ask) if k not in first and not (k in seen or seen.add(k))]
+    assert list(missing.iter_rows()) == want  # one row per missing key, the run's first row for it
 
 
 def test_a_run_prunes_to_max_gb_but_keeps_what_it_used(tmp_path):

@@ -114,6 +114,44 @@ def test_scores_split_into_summary_and_float16_entropies(scored_run, monkeypatch
     assert feats.join(scores, on="id")["eas"].equals(feats.join(scores, on="id")["eas_right"], check_names=False)
 
 
+def test_score_merge_streams_its_rows_in_blocks(scored_run, monkeypatch):
+    """Merged two rows at a time, with a repeated content (another id, the same key) and a row
+    scoring sets aside (no boxed answer): the same rows, in order, as the obvious lookup of
+    each row's key in the cache parts, and rows in = kept + set aside."""
+    import undercurve.stages.score as score_mod
+    from undercurve.cache import KEY
+
+    ctx, prev, model = scored_run
+    samples = pl.read_parquet(prev.path)
+    samples = pl.concat([samples, samples.head(1).with_columns(id=pl.lit("again")),
+                         samples.tail(1).with_columns(id=pl.lit("no-box"), response=pl.lit("no answer at all"))])
+    samples.write_parquet(prev.path)
+    prev = StageResult("length_cap", prev.path, "parent", samples.height, samples.height)
+    monkeypatch.setattr(score_mod, "MERGE_ROWS", 2)
+    _whole_reads_of(ctx.run_dir / "score" / "keys.parquet", monkeypatch)
+    res = score_stage(ctx, prev, model)
+    monkeypatch.undo()
+    d = ctx.run_dir / "score"
+    held = {}
+    for part in (d / p for p in json.loads((d / "entropies.json").read_text())["parts"]):
+        main = pl.read_parquet(part.with_name(part.name.replace(".entropies", "")))
+        for r in main.iter_rows(named=True):
+            held.setdefault(r[KEY], r)
+    want_kept, want_aside = [], []
+    for r in pl.read_parquet(d / "keys.parquet").iter_rows(named=True):
+        h = held[r[KEY]]
+        if h[score_mod.ASIDE_FLAG] is None:
+            want_kept.append({c: (r if c == "id" else h)[c] for c in SUMMARY_SCHEMA})
+        else:
+            want_aside.append((r["id"], h[score_mod.ASIDE_FLAG]))
+    got = pl.read_parquet(res.path)
+    assert got.to_dicts() == want_kept and got.height == samples.height - 1
+    assert got.filter(pl.col("id") == "again").drop("id").equals(got.head(1).drop("id"))
+    aside = pl.read_parquet(d / "set_aside.parquet")
+    assert [(i, r) for i, r in aside.select("id", "reason").iter_rows()] == want_aside and aside["id"].to_list() == ["no-box"]
+    assert (res.rows_in, res.rows_out, res.set_aside) == (samples.height, samples.height - 1, 1)
+
+
 def test_a_damaged_entropies_part_is_recomputed(scored_run):
     ctx, prev, model = scored_run
     score_stage(ctx, prev, model)

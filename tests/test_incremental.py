@@ -80,8 +80,11 @@ def test_cache_off_keeps_results_in_the_run(tmp_path, tiny_model, corpus):
     assert not (tmp_path / "w" / "cache").exists()
 
 
-def test_rollouts_are_reused_by_content(tmp_path, tiny_model, corpus):
+def test_rollouts_are_reused_by_content(tmp_path, tiny_model, corpus, monkeypatch):
+    import undercurve.stages.pass_rate as pass_rate
     from undercurve.stages import pass_rate_stage
+
+    monkeypatch.setattr(pass_rate, "MERGE_ROWS", 3)  # the merge looks rows up in blocks: two here
 
     def run(name, samples):
         path = tmp_path / f"{name}.parquet"
@@ -102,6 +105,7 @@ def test_rollouts_are_reused_by_content(tmp_path, tiny_model, corpus):
     res2, r2, ro2 = run("n2", night2)
     assert res2.extra["rows_computed"] == 2 and res2.extra["rows_reused"] == 2
     assert r2["id"].to_list() == night2["id"].to_list() and ro2.height == 4 * 2
+    assert ro2["id"].to_list() == [i for i in night2["id"] for _ in range(2)]  # the run's order, across blocks
     assert res2.extra["compute_seconds"] > 0
     # the reused samples carry the first night's rollouts, text for text
     for i in (first["id"][0], first["id"][2]):

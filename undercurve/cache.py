@@ -148,39 +148,53 @@ class ResultCache:
                 logging.getLogger("undercurve").warning("cache: %s fails verification; its rows are recomputed", part)
         return found
 
-    def index(self, parts: list[Path]) -> pl.LazyFrame:
-        """``key, part`` for every key the parts hold (one row per key)."""
-        if not parts:
-            return pl.LazyFrame(schema={KEY: pl.Utf8, "part": pl.Utf8})
-        return (pl.scan_parquet(parts, include_file_paths="part").select(KEY, "part")
-                .unique(KEY, keep="first", maintain_order=True))
-
     def missing(self, keys: str | Path) -> pl.LazyFrame:
         """``id, key`` of the rows of a ``content_keys`` file whose key no verified part holds,
         one row per distinct key (a repeated content is computed once)."""
-        return (pl.scan_parquet(keys).join(self.index(self.parts()), on=KEY, how="anti")
-                .unique(KEY, keep="first", maintain_order=True).select("id", KEY))
+        run, parts = pl.scan_parquet(keys), self.parts()
+        if parts:  # the run's keys that parts hold, then the others: only the run's keys are hashed
+            run = run.join(pl.scan_parquet(parts).select(KEY).join(run.select(KEY), on=KEY, how="semi"),
+                           on=KEY, how="anti")
+        return run.unique(KEY, keep="first", maintain_order=True).select("id", KEY)
 
     def holding(self, keys: str | Path, parts: list[Path]) -> list[str]:
-        """The parts (of ``parts``) that hold a key of a ``content_keys`` file: what a run reads."""
-        return (pl.scan_parquet(keys).join(self.index(parts), on=KEY, how="inner").select("part").unique()
+        """The parts (of ``parts``) that hold a key of a ``content_keys`` file: what a run reads.
+        Only the file's keys are hashed, never every key the cache holds (other runs', nights')."""
+        if not parts:
+            return []
+        return (pl.scan_parquet(parts, include_file_paths="part").select(KEY, "part")
+                .join(pl.scan_parquet(keys).select(KEY), on=KEY, how="semi").select("part").unique()
                 .collect()["part"].to_list())
+
+    @classmethod
+    def lookup(cls, parts: Sequence[Path], keys: pl.DataFrame | pl.Series | Sequence[str],
+               table: str | None = None) -> pl.DataFrame:
+        """The rows of ``parts`` for ``keys``: one per key held (from the first part in ``parts``
+        that holds it; a key held by none is absent), with the ``part`` it came from. With
+        ``table``, that part's side-table rows for each key instead (any number per key, e.g.
+        rollouts), in stored order. The parts are filtered by the keys before anything else,
+        so memory is that of the rows asked for: a stage looks its rows up a block at a time
+        and stays flat as the run or the cache grows."""
+        if isinstance(keys, pl.DataFrame):
+            keys = keys[KEY]
+        wanted = pl.LazyFrame({KEY: pl.Series(KEY, keys, dtype=pl.Utf8)}).unique()
+        if not parts:
+            return pl.DataFrame(schema={KEY: pl.Utf8, "part": pl.Utf8})
+        main = (pl.scan_parquet(list(parts), include_file_paths="part")
+                .join(wanted, on=KEY, how="semi", maintain_order="left")
+                .unique(KEY, keep="first", maintain_order=True).collect())
+        if table is None:
+            return main
+        owner = main.lazy().select(KEY, pl.col("part").str.replace(r"\.parquet$", f".{table}.parquet"))
+        return (pl.scan_parquet([cls.side_path(p, table) for p in parts], include_file_paths="part")
+                .join(wanted, on=KEY, how="semi", maintain_order="left")
+                .join(owner, on=[KEY, "part"], how="semi", maintain_order="left").collect())
 
     @staticmethod
     def side_path(part: str | Path, table: str) -> Path:
         """A part's side table: ``part-X.parquet`` -> ``part-X.<table>.parquet``."""
         part = Path(part)
         return part.with_name(f"{part.stem}.{table}.parquet")
-
-    def rows(self, parts: list[Path], table: str | None = None) -> pl.LazyFrame:
-        """The parts' rows, lazily, one row per key; or a side table's rows (any number per
-        key, e.g. rollouts), each key's from the one part ``index`` names for it."""
-        if table is None:
-            return pl.scan_parquet(parts).unique(KEY, keep="first", maintain_order=True)
-        side = pl.scan_parquet([self.side_path(p, table) for p in parts], include_file_paths="_file")
-        owner = self.index(parts).select(KEY, pl.col("part").str.replace(r"\.parquet$", f".{table}.parquet")
-                                         .alias("_file"))
-        return side.join(owner, on=[KEY, "_file"], how="semi", maintain_order="left").drop("_file")
 
     def touch(self, parts: list[Path]) -> None:
         """Mark parts as used now (the eviction order)."""

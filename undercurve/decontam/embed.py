@@ -134,8 +134,7 @@ class NearestMemo:
         held = {k: self.pending[k] for k in keys if k in self.pending}
         rest = [k for k in keys if k not in held]
         if self.parts and rest:
-            found = (pl.scan_parquet(self.parts, include_file_paths="part").filter(pl.col(KEY).is_in(rest))
-                     .unique(KEY, keep="first").collect())
+            found = self.cache.lookup(self.parts, rest)
             self.cache.touch([Path(p) for p in found["part"].unique()])  # eviction is by last use
             held.update((k, (b, c)) for k, b, c in zip(found[KEY], found["best"], found["cosine"]))
         self.reused += len(held)

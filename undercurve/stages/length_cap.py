@@ -55,11 +55,8 @@ def length_cap_stage(ctx: RunContext, prev: StageResult, model: str, progress=No
     with ParquetSink(d / "samples.parquet", schema) as kept, ParquetSink(d / "set_aside.parquet", SET_ASIDE_SCHEMA) as aside:
         for block in iter_parquet(keys, BLOCK_BATCHES * BATCH_ROWS):  # whole batches per block
             wanted = block.select(KEY).unique()
-            known = pl.concat([
-                # the block's keys first, then one row per key: no set of every key in the cache
-                pl.scan_parquet(parts).join(wanted.lazy(), on=KEY, how="semi").unique(KEY)
-                .select(list(COUNTS_SCHEMA)).collect() if parts else pl.DataFrame(schema=COUNTS_SCHEMA),
-                pending.join(wanted, on=KEY, how="semi")])
+            known = pl.concat([cache.lookup(parts, wanted).select(list(COUNTS_SCHEMA)) if parts else pending.clear(),
+                               pending.join(wanted, on=KEY, how="semi")])
             for start in range(0, block.height, BATCH_ROWS):
                 batch = next(samples).with_columns(block[KEY].slice(start, BATCH_ROWS))
                 new = batch.join(known, on=KEY, how="anti").unique(KEY, keep="first", maintain_order=True)

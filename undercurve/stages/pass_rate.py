@@ -17,7 +17,7 @@ from pathlib import Path
 import polars as pl
 
 from undercurve.cache import KEY, ResultCache, content_keys, model_identity
-from undercurve.io import Shard
+from undercurve.io import ParquetSink, Shard, iter_parquet
 from undercurve.run import RunContext
 from undercurve.stages.result import (
     StageResult,
@@ -26,7 +26,6 @@ from undercurve.stages.result import (
     _parquet_rows,
     _record,
     _shard_seconds,
-    _sink_atomic,
     plan_pending,
     record_shard_run,
 )
@@ -38,6 +37,7 @@ log = logging.getLogger("undercurve")
 ROLLOUT_FIELDS = ("prompt", "answer")
 PASS_RATE_VERSION = 2  # 2: rollouts count response_tokens (was n_tokens)
 RATE_COLUMNS = ("n", "n_correct", "pass_rate")
+MERGE_ROWS = 16_384  # rows of keys.parquet looked up at a time (each with n rollouts)
 
 
 def _backend(ctx: RunContext) -> str:
@@ -110,7 +110,10 @@ def rollout_shard(ctx: RunContext, shard: Shard, model: str) -> bool:
 def pass_rate_merge(ctx: RunContext, prev: StageResult, shards: list[Shard], model: str,
                     seconds: float | None = None) -> StageResult:
     """This run's ``pass_rates.parquet`` and ``rollouts.parquet``: its rows joined with the
-    cache parts on their key, streamed."""
+    cache parts on their key, ``MERGE_ROWS`` rows at a time (rollouts hold whole responses: a
+    block's are looked up, never every part's)."""
+    from undercurve.vllm_worker import PASS_RATE_SCHEMA, ROLLOUT_SCHEMA
+
     pr = ctx.settings.pass_rate
     d = ctx.stage_dir("pass_rate")
     cache = pass_rate_cache(ctx, model, _backend(ctx))
@@ -118,16 +121,20 @@ def pass_rate_merge(ctx: RunContext, prev: StageResult, shards: list[Shard], mod
     if missing:
         raise RuntimeError(f"pass_rate: shards {missing} are not finished")
     keys = d / "keys.parquet"
-    run_keys = pl.scan_parquet(keys).select("id", KEY)
-    used = cache.holding(keys, cache.parts())
-    rates = run_keys.join(cache.rows(used), on=KEY, how="left", maintain_order="left")
-    unrated = rates.filter(pl.col("pass_rate").is_null()).select(pl.len()).collect().item()
-    if unrated:
-        raise RuntimeError(f"pass_rate: {unrated} samples have no rollouts in {cache.root}")
+    used = [Path(p) for p in cache.holding(keys, cache.parts())]
+    with ParquetSink(d / "pass_rates.parquet", PASS_RATE_SCHEMA) as rate_sink, \
+            ParquetSink(d / "rollouts.parquet", ROLLOUT_SCHEMA) as rollout_sink:
+        for block in iter_parquet(keys, MERGE_ROWS):
+            block = block.select("id", KEY)
+            rates = block.join(cache.lookup(used, block), on=KEY, how="left", maintain_order="left")
+            unrated = rates.filter(pl.col("pass_rate").is_null()).height if used else block.height
+            if unrated:
+                raise RuntimeError(f"pass_rate: {unrated} samples have no rollouts in {cache.root}")
+            rate_sink.write(rates)
+            rollout_sink.write(block.join(cache.lookup(used, block, "rollouts"), on=KEY, how="inner",
+                                          maintain_order="left"))
+        path, rollouts = rate_sink.commit(), rollout_sink.commit()
     cache.touch(used)
-    path = _sink_atomic(rates.select("id", *RATE_COLUMNS), d / "pass_rates.parquet")
-    rollouts = _sink_atomic(run_keys.join(cache.rows(used, "rollouts"), on=KEY, how="inner", maintain_order="left")
-                            .drop(KEY), d / "rollouts.parquet")
     generated = pl.scan_parquet(rollouts).select(pl.col("response_tokens").sum()).collect().item() or 0
     n_rows, n_computed = _parquet_rows(keys), sum(_parquet_rows(Path(s.input_path)) for s in shards)
     extra = {"rollouts": str(rollouts), "n": pr.rollouts, "shards": len(shards), "rows_computed": n_computed,

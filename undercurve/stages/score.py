@@ -13,15 +13,16 @@ from pathlib import Path
 import polars as pl
 
 from undercurve.cache import KEY, ResultCache, content_keys, model_identity
-from undercurve.io import Shard, write_parquet_atomic, write_text_atomic
+from undercurve.io import ParquetSink, Shard, iter_parquet, write_text_atomic
 from undercurve.run import RunContext
+from undercurve.schema import SET_ASIDE_SCHEMA
 from undercurve.stages.result import (
     StageResult,
     _cost,
+    _empty_aside,
     _parquet_rows,
     _record,
     _shard_seconds,
-    _sink_atomic,
     plan_pending,
     record_shard_run,
 )
@@ -41,6 +42,7 @@ def _score_settings(ctx: RunContext, model: str) -> dict:
 # the version of the scoring code: bump it when a change alters any stored number.
 SCORE_FIELDS = ("prompt", "response", "answer")
 SCORE_VERSION = 3  # 2: response_tokens (was length); 3: float16 entropies, probe curve only
+MERGE_ROWS = 65_536  # rows of keys.parquet looked up in the cache at a time
 
 
 def score_cache(ctx: RunContext, model: str) -> ResultCache:
@@ -128,7 +130,8 @@ def _store(cache: ResultCache, key_of: pl.DataFrame, scores: pl.DataFrame, aside
 def score_merge(ctx: RunContext, prev: StageResult, shards: list[Shard], model: str,
                 seconds: float | None = None) -> StageResult:
     """This run's ``scores.parquet``: its rows (``keys.parquet``) joined with the cache parts on
-    their key, streamed (never every part in memory). Per-token entropies stay in the cache,
+    their key, ``MERGE_ROWS`` rows at a time (the parts are filtered by a block's keys first:
+    memory stays flat as the run or the cache grows). Per-token entropies stay in the cache,
     stored once; ``entropies.json`` names the parts this run reads and ``keys.parquet`` maps
     its ids to their keys (``scoring.score.scan_entropies`` reads both)."""
     from undercurve.scoring.score import SUMMARY_SCHEMA
@@ -138,22 +141,23 @@ def score_merge(ctx: RunContext, prev: StageResult, shards: list[Shard], model: 
     if missing:
         raise RuntimeError(f"score: shards {missing} are not finished")
     d = ctx.stage_dir("score")
-    parts = cache.parts()
-    keys = pl.scan_parquet(d / "keys.parquet")
-    used = cache.holding(d / "keys.parquet", parts)
-    rows = keys.join(cache.rows([Path(p) for p in used]) if used else _no_parts(), on=KEY, how="left",
-                     maintain_order="left")
-    unscored = rows.filter(pl.col("eas").is_null() & pl.col(ASIDE_FLAG).is_null()).select(pl.len()).collect().item()
-    if unscored:
-        raise RuntimeError(f"score: {unscored} samples have no score in {cache.root} (a part was removed mid-run?)")
+    used = [Path(p) for p in cache.holding(d / "keys.parquet", cache.parts())]
     flagged = pl.col(ASIDE_FLAG).is_not_null()
-    aside = rows.filter(flagged).select(
-        "id", "source", pl.lit("score").alias("stage"), pl.col(ASIDE_FLAG).alias("reason"), "detail").collect()
-    path = _sink_atomic(rows.filter(~flagged).select(list(SUMMARY_SCHEMA)), d / "scores.parquet")
-    (d / "set_aside.parquet").unlink(missing_ok=True)
-    if aside.height:
-        write_parquet_atomic(aside, d / "set_aside.parquet")
-    cache.touch([Path(p) for p in used])
+    with ParquetSink(d / "scores.parquet", SUMMARY_SCHEMA) as kept, \
+            ParquetSink(d / "set_aside.parquet", SET_ASIDE_SCHEMA) as aside_sink:
+        for block in iter_parquet(d / "keys.parquet", MERGE_ROWS):
+            rows = block.join(cache.lookup(used, block), on=KEY, how="left", maintain_order="left")
+            unscored = rows.filter(pl.col("eas").is_null() & ~flagged).height if used else block.height
+            if unscored:
+                raise RuntimeError(f"score: {unscored} samples have no score in {cache.root} "
+                                   "(a part was removed mid-run?)")
+            aside_sink.write(rows.filter(flagged).select(
+                "id", "source", pl.lit("score").alias("stage"), pl.col(ASIDE_FLAG).alias("reason"), "detail"))
+            kept.write(rows.filter(~flagged))
+        path = kept.commit()
+        (d / "set_aside.parquet").unlink(missing_ok=True)  # an earlier run's
+        aside = pl.read_parquet(aside_sink.commit()) if aside_sink.rows else _empty_aside()  # few rows
+    cache.touch(used)
     side = [os.path.relpath(cache.side_path(p, "entropies").resolve(), d.resolve()) for p in sorted(used)]
     manifest = write_text_atomic(json.dumps({"parts": side, "cache": str(cache.root)}, indent=1), d / "entropies.json")
     n_rows, n_computed = prev.rows_out, sum(_parquet_rows(Path(s.input_path)) for s in shards)
@@ -168,13 +172,6 @@ def score_merge(ctx: RunContext, prev: StageResult, shards: list[Shard], model: 
         reg.add_artifact(ctx.run_id, "score", "entropies", manifest, res.rows_out, parents=[res.artifact_id],
                          meta={"parts": side, "dtype": "float16"})
     return res
-
-
-def _no_parts() -> pl.LazyFrame:
-    from undercurve.scoring.score import SUMMARY_SCHEMA
-
-    return pl.LazyFrame(schema={**{c: t for c, t in SUMMARY_SCHEMA.items() if c != "id"}, ASIDE_FLAG: pl.Utf8,
-                                "detail": pl.Utf8, KEY: pl.Utf8})
 
 
 def score_stage(ctx: RunContext, prev: StageResult, model: str, progress=None) -> StageResult:
