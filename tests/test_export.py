@@ -44,6 +44,9 @@ def test_hf_dataset_loads_back_in_rank_order_with_its_card(tmp_path, samples, fe
     assert ds["id"] == ["s1", "s3", "s5"] and ds["rank"] == [1, 2, 3]  # highest EAS first
     assert ds["prompt"] == ["q1", "q3", "q5"] and ds["answer"] == ["1", "3", "5"]
     assert ds[0]["messages"] == [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "r1 \\boxed{1}"}]
+    # written without `datasets`: the same features and rows as its own writer gives
+    ref = datasets.Dataset.from_polars(pl.read_parquet(out / "data" / "train.parquet"))
+    assert ds.features == ref.features and ds.to_list() == ref.to_list()
     parquet = datasets.load_dataset("parquet", data_files=str(out / "data" / "train.parquet"), split="train",
                                     cache_dir=str(tmp_path / "cache"))
     assert parquet["id"] == ds["id"] and parquet.column_names == ds.column_names
@@ -52,6 +55,20 @@ def test_hf_dataset_loads_back_in_rank_order_with_its_card(tmp_path, samples, fe
     body = (out / "README.md").read_text(encoding="utf-8")
     assert "| eas | 5 | 7 | 9 |" in body and "| score | 5 | 7 | 9 |" in body
     assert "| rank |" not in body  # ranks order, they do not score
+
+
+def test_export_does_not_import_datasets(tmp_path):
+    """A select task in a fresh process pays no ``import datasets`` (seconds) for its export."""
+    import subprocess
+    import sys
+
+    code = ("import sys, polars as pl; from undercurve.export import export_hf_dataset; "
+            "s = pl.DataFrame({'id': ['a'], 'prompt': ['q'], 'response': ['r']}); "
+            "export_hf_dataset(s, pl.DataFrame({'id': ['a'], 'rank': [1], 'score': [0.5]}), sys.argv[1], "
+            "{'source': 'x', 'strategy': 'eas', 'budget': 1, 'config': {}, 'counts': {}}); "
+            "assert 'datasets' not in sys.modules, 'datasets was imported'")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "a.hf")], check=True, cwd=REPO)
+    assert datasets.load_from_disk(str(tmp_path / "a.hf"))["id"] == ["a"]
 
 
 def test_a_rerun_replaces_the_folder_and_a_missing_sample_is_an_error(tmp_path, samples, feats):
