@@ -174,20 +174,21 @@ class ResultCache:
         ``table``, that part's side-table rows for each key instead (any number per key, e.g.
         rollouts), in stored order. The parts are filtered by the keys before anything else,
         so memory is that of the rows asked for: a stage looks its rows up a block at a time
-        and stays flat as the run or the cache grows."""
+        and stays flat as the run or the cache grows. (A key filter, not a semi-join: the
+        Parquet reader then decodes the other columns of matching rows only; a semi-join
+        decoded every row first: 2.6x the peak on 400k keys with 2 x 2 kB of text each,
+        ``benchmarks/bench_cache_lookup.py``.)"""
         if isinstance(keys, pl.DataFrame):
             keys = keys[KEY]
-        wanted = pl.LazyFrame({KEY: pl.Series(KEY, keys, dtype=pl.Utf8)}).unique()
+        wanted = pl.col(KEY).is_in(pl.Series(KEY, keys, dtype=pl.Utf8).unique().implode())
         if not parts:
             return pl.DataFrame(schema={KEY: pl.Utf8, "part": pl.Utf8})
-        main = (pl.scan_parquet(list(parts), include_file_paths="part")
-                .join(wanted, on=KEY, how="semi", maintain_order="left")
+        main = (pl.scan_parquet(list(parts), include_file_paths="part").filter(wanted)
                 .unique(KEY, keep="first", maintain_order=True).collect())
         if table is None:
             return main
         owner = main.lazy().select(KEY, pl.col("part").str.replace(r"\.parquet$", f".{table}.parquet"))
-        return (pl.scan_parquet([cls.side_path(p, table) for p in parts], include_file_paths="part")
-                .join(wanted, on=KEY, how="semi", maintain_order="left")
+        return (pl.scan_parquet([cls.side_path(p, table) for p in parts], include_file_paths="part").filter(wanted)
                 .join(owner, on=[KEY, "part"], how="semi", maintain_order="left").collect())
 
     @staticmethod
