@@ -69,16 +69,16 @@ def _save_to_disk(rows: pl.DataFrame, out_dir: Path) -> None:
     ``datasets`` (~2 s per process): one Arrow IPC stream and its ``state.json``. The features
     are left out of ``dataset_info.json``: ``load_from_disk`` then takes them from the Arrow
     schema, which gives the ones ``from_polars`` records (tests/test_export.py compares them)."""
-    import hashlib
-
     import pyarrow as pa
+
+    from undercurve.io import file_sha256
 
     out_dir.mkdir(parents=True)
     data = out_dir / "data-00000-of-00001.arrow"
     table = rows.to_arrow()
     with pa.OSFile(str(data), "wb") as fh, pa.ipc.new_stream(fh, table.schema) as writer:
         writer.write_table(table)
-    state = {"_data_files": [{"filename": data.name}], "_fingerprint": hashlib.sha256(data.read_bytes()).hexdigest()[:16],
+    state = {"_data_files": [{"filename": data.name}], "_fingerprint": file_sha256(data)[:16],
              "_format_columns": None, "_format_kwargs": {}, "_format_type": None, "_output_all_columns": False,
              "_split": None}
     (out_dir / "state.json").write_text(json.dumps(state, indent=2), encoding="utf-8")
