@@ -150,6 +150,7 @@ def test_score_merge_streams_its_rows_in_blocks(scored_run, monkeypatch):
     aside = pl.read_parquet(d / "set_aside.parquet")
     assert [(i, r) for i, r in aside.select("id", "reason").iter_rows()] == want_aside and aside["id"].to_list() == ["no-box"]
     assert (res.rows_in, res.rows_out, res.set_aside) == (samples.height, samples.height - 1, 1)
+    assert res.extra["tokens"] == got["response_tokens"].sum() > 0  # the cost counts every block's scored rows
 
 
 def test_a_damaged_entropies_part_is_recomputed(scored_run):

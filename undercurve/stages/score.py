@@ -19,9 +19,8 @@ from undercurve.schema import SET_ASIDE_SCHEMA
 from undercurve.stages.result import (
     StageResult,
     _cost,
-    _empty_aside,
+    _finish_streamed,
     _parquet_rows,
-    _record,
     _shard_seconds,
     plan_pending,
     record_shard_run,
@@ -143,34 +142,33 @@ def score_merge(ctx: RunContext, prev: StageResult, shards: list[Shard], model: 
     d = ctx.stage_dir("score")
     used = [Path(p) for p in cache.holding(d / "keys.parquet", cache.parts())]
     flagged = pl.col(ASIDE_FLAG).is_not_null()
+    sc, tokens = ctx.settings.scoring, 0
     with ParquetSink(d / "scores.parquet", SUMMARY_SCHEMA) as kept, \
-            ParquetSink(d / "set_aside.parquet", SET_ASIDE_SCHEMA) as aside_sink:
+            ParquetSink(d / "set_aside.parquet", SET_ASIDE_SCHEMA) as aside:
         for block in iter_parquet(d / "keys.parquet", MERGE_ROWS):
             rows = block.join(cache.lookup(used, block), on=KEY, how="left", maintain_order="left")
             unscored = rows.filter(pl.col("eas").is_null() & ~flagged).height if used else block.height
             if unscored:
                 raise RuntimeError(f"score: {unscored} samples have no score in {cache.root} "
                                    "(a part was removed mid-run?)")
-            aside_sink.write(rows.filter(flagged).select(
+            aside.write(rows.filter(flagged).select(
                 "id", "source", pl.lit("score").alias("stage"), pl.col(ASIDE_FLAG).alias("reason"), "detail"))
-            kept.write(rows.filter(~flagged))
-        path = kept.commit()
-        (d / "set_aside.parquet").unlink(missing_ok=True)  # an earlier run's
-        aside = pl.read_parquet(aside_sink.commit()) if aside_sink.rows else _empty_aside()  # few rows
-    cache.touch(used)
-    side = [os.path.relpath(cache.side_path(p, "entropies").resolve(), d.resolve()) for p in sorted(used)]
-    manifest = write_text_atomic(json.dumps({"parts": side, "cache": str(cache.root)}, indent=1), d / "entropies.json")
-    n_rows, n_computed = prev.rows_out, sum(_parquet_rows(Path(s.input_path)) for s in shards)
-    sc = ctx.settings.scoring
-    extra = {"engine": sc.engine, "mode": sc.mode, **({"top_k": sc.top_k} if sc.engine == "vllm" else {}),
-             "shards": len(shards), "rows_computed": n_computed, "rows_reused": n_rows - n_computed,
-             "cache": str(cache.root),
-             **_cost(_shard_seconds(ctx, "score") if seconds is None else seconds,
-                     pl.scan_parquet(path).select(pl.col("response_tokens").sum()).collect().item())}
-    with ctx.registry.batch() as reg:
-        res = _record(ctx, "score", "scores", path, n_rows, _parquet_rows(path), aside, [prev.artifact_id], extra)
-        reg.add_artifact(ctx.run_id, "score", "entropies", manifest, res.rows_out, parents=[res.artifact_id],
-                         meta={"parts": side, "dtype": "float16"})
+            scored = rows.filter(~flagged)
+            kept.write(scored)
+            tokens += scored["response_tokens"].sum()
+        cache.touch(used)
+        side = [os.path.relpath(cache.side_path(p, "entropies").resolve(), d.resolve()) for p in sorted(used)]
+        manifest = write_text_atomic(json.dumps({"parts": side, "cache": str(cache.root)}, indent=1),
+                                     d / "entropies.json")
+        n_rows, n_computed = prev.rows_out, sum(_parquet_rows(Path(s.input_path)) for s in shards)
+        extra = {"engine": sc.engine, "mode": sc.mode, **({"top_k": sc.top_k} if sc.engine == "vllm" else {}),
+                 "shards": len(shards), "rows_computed": n_computed, "rows_reused": n_rows - n_computed,
+                 "cache": str(cache.root),
+                 **_cost(_shard_seconds(ctx, "score") if seconds is None else seconds, tokens)}
+        with ctx.registry.batch() as reg:
+            res = _finish_streamed(ctx, "score", kept, aside, n_rows, [prev.artifact_id], "scores", extra)
+            reg.add_artifact(ctx.run_id, "score", "entropies", manifest, res.rows_out, parents=[res.artifact_id],
+                             meta={"parts": side, "dtype": "float16"})
     return res
 
 
