@@ -156,6 +156,24 @@ def test_lookup_holding_and_missing_agree_with_an_obvious_reference(tmp_path):
     seen = set()
     want = [(f"r{i}", k) for i, k in enumerate(ask) if k not in first and not (k in seen or seen.add(k))]
     assert list(missing.iter_rows()) == want  # one row per missing key, the run's first row for it
+    # a schema: those columns, cast, also from no parts at all
+    typed = ResultCache.lookup(parts, ask, schema={"v": pl.Float64})
+    assert typed.columns == [KEY, "v", "part"] and typed.schema["v"] == pl.Float64
+    assert typed.sort(KEY)["v"].to_list() == [float(v) for v in got.sort(KEY)["v"]]
+    empty = ResultCache.lookup([], ask, schema={"v": pl.Int64})
+    assert empty.height == 0 and dict(empty.schema) == {KEY: pl.Utf8, "v": pl.Int64, "part": pl.Utf8}
+    # merged: the run's rows in order, 7 at a time, each with its result; a key no part holds is an error
+    held = tmp_path / "held.parquet"
+    pl.DataFrame({"id": [f"r{i}" for i in range(len(ask))], KEY: ask}).filter(pl.col(KEY).is_in(list(first))) \
+        .write_parquet(held)
+    blocks = list(cache.merged(held, parts, 7))
+    assert {b.height for b in blocks[:-1]} == {7}
+    assert [(i, k, v) for b in blocks for i, k, v in b.iter_rows()] == [
+        (i, k, first[k][0]) for i, k in pl.read_parquet(held).iter_rows()]
+    with pytest.raises(RuntimeError, match=r"^\d+ of 7 rows have no result"):
+        list(cache.merged(run, parts, 7))
+    with pytest.raises(RuntimeError, match="7 of 7 rows have no result"):
+        list(cache.merged(run, [], 7))
 
 
 def test_a_run_prunes_to_max_gb_but_keeps_what_it_used(tmp_path):

@@ -25,11 +25,12 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import polars as pl
 
-from undercurve.io import _read_marker, file_sha256, fingerprint, outputs_verified, write_marker, write_text_atomic
+from undercurve.io import (_read_marker, file_sha256, fingerprint, iter_parquet, outputs_verified, write_marker,
+                           write_text_atomic)
 
 KEY = "key"
 _SEP = "\x1f"  # joins the key's fields; cannot occur in a field's text by accident
@@ -168,28 +169,48 @@ class ResultCache:
 
     @classmethod
     def lookup(cls, parts: Sequence[Path], keys: pl.DataFrame | pl.Series | Sequence[str],
-               table: str | None = None) -> pl.DataFrame:
+               table: str | None = None, schema: dict | None = None) -> pl.DataFrame:
         """The rows of ``parts`` for ``keys``: one per key held (from the first part in ``parts``
         that holds it; a key held by none is absent), with the ``part`` it came from. With
         ``table``, that part's side-table rows for each key instead (any number per key, e.g.
-        rollouts), in stored order. The parts are filtered by the keys before anything else,
-        so memory is that of the rows asked for: a stage looks its rows up a block at a time
-        and stays flat as the run or the cache grows. (A key filter, not a semi-join: the
-        Parquet reader then decodes the other columns of matching rows only; a semi-join
-        decoded every row first: 2.6x the peak on 400k keys with 2 x 2 kB of text each,
-        ``benchmarks/bench_cache_lookup.py``.)"""
+        rollouts), in stored order. ``schema``: the columns wanted and their types; the result
+        is then ``key``, those and ``part``, also when ``parts`` is empty.
+
+        The parts are filtered by the keys before anything else, so memory is that of the rows
+        asked for: a stage looks its rows up a block at a time and stays flat as the run or the
+        cache grows. (A key filter, not a semi-join: the Parquet reader then decodes the other
+        columns of matching rows only; a semi-join decoded every row first: 2.6x the peak on
+        400k keys with 2 x 2 kB of text each, ``benchmarks/bench_cache_lookup.py``.)"""
+        if not parts:
+            return pl.DataFrame(schema={KEY: pl.Utf8, **(schema or {}), "part": pl.Utf8})
         if isinstance(keys, pl.DataFrame):
             keys = keys[KEY]
         wanted = pl.col(KEY).is_in(pl.Series(KEY, keys, dtype=pl.Utf8).unique().implode())
-        if not parts:
-            return pl.DataFrame(schema={KEY: pl.Utf8, "part": pl.Utf8})
+
+        def shaped(lf: pl.LazyFrame) -> pl.LazyFrame:
+            if schema is None:
+                return lf
+            return lf.select(KEY, *(pl.col(c).cast(t) for c, t in schema.items() if c != KEY), "part")
+
         main = (pl.scan_parquet(list(parts), include_file_paths="part").filter(wanted)
-                .unique(KEY, keep="first", maintain_order=True).collect())
+                .unique(KEY, keep="first", maintain_order=True))
         if table is None:
-            return main
-        owner = main.lazy().select(KEY, pl.col("part").str.replace(r"\.parquet$", f".{table}.parquet"))
-        return (pl.scan_parquet([cls.side_path(p, table) for p in parts], include_file_paths="part").filter(wanted)
-                .join(owner, on=[KEY, "part"], how="semi", maintain_order="left").collect())
+            return shaped(main).collect()
+        owner = main.select(KEY, pl.col("part").str.replace(r"\.parquet$", f".{table}.parquet"))
+        return shaped(pl.scan_parquet([cls.side_path(p, table) for p in parts], include_file_paths="part")
+                      .filter(wanted).join(owner, on=[KEY, "part"], how="semi", maintain_order="left")).collect()
+
+    def merged(self, keys: str | Path, parts: Sequence[Path], rows: int) -> Iterator[pl.DataFrame]:
+        """A ``content_keys`` file's rows, ``rows`` at a time and in order, each joined with its
+        result in ``parts``: how a run reads its results without holding them all. Every key
+        must be held; one that no part holds (a part removed mid-run) is an error, not a gap."""
+        for block in iter_parquet(keys, rows):
+            found = self.lookup(parts, block)
+            absent = block.join(found, on=KEY, how="anti").height
+            if absent:
+                raise RuntimeError(f"{absent} of {block.height} rows have no result in {self.root} "
+                                   "(a part was removed mid-run?)")
+            yield block.join(found.drop("part"), on=KEY, how="inner", maintain_order="left")
 
     @staticmethod
     def side_path(part: str | Path, table: str) -> Path:

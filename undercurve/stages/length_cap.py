@@ -55,7 +55,7 @@ def length_cap_stage(ctx: RunContext, prev: StageResult, model: str, progress=No
     with ParquetSink(d / "samples.parquet", schema) as kept, ParquetSink(d / "set_aside.parquet", SET_ASIDE_SCHEMA) as aside:
         for block in iter_parquet(keys, BLOCK_BATCHES * BATCH_ROWS):  # whole batches per block
             wanted = block.select(KEY).unique()
-            known = pl.concat([cache.lookup(parts, wanted).select(list(COUNTS_SCHEMA)) if parts else pending.clear(),
+            known = pl.concat([cache.lookup(parts, wanted, schema=COUNTS_SCHEMA).drop("part"),
                                pending.join(wanted, on=KEY, how="semi")])
             for start in range(0, block.height, BATCH_ROWS):
                 batch = next(samples).with_columns(block[KEY].slice(start, BATCH_ROWS))

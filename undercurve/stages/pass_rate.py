@@ -17,7 +17,7 @@ from pathlib import Path
 import polars as pl
 
 from undercurve.cache import KEY, ResultCache, content_keys, model_identity
-from undercurve.io import ParquetSink, Shard, iter_parquet
+from undercurve.io import ParquetSink, Shard
 from undercurve.run import RunContext
 from undercurve.stages.result import (
     StageResult,
@@ -122,20 +122,17 @@ def pass_rate_merge(ctx: RunContext, prev: StageResult, shards: list[Shard], mod
         raise RuntimeError(f"pass_rate: shards {missing} are not finished")
     keys = d / "keys.parquet"
     used = [Path(p) for p in cache.holding(keys, cache.parts())]
+    generated = 0
     with ParquetSink(d / "pass_rates.parquet", PASS_RATE_SCHEMA) as rate_sink, \
             ParquetSink(d / "rollouts.parquet", ROLLOUT_SCHEMA) as rollout_sink:
-        for block in iter_parquet(keys, MERGE_ROWS):
-            block = block.select("id", KEY)
-            rates = block.join(cache.lookup(used, block), on=KEY, how="left", maintain_order="left")
-            unrated = rates.filter(pl.col("pass_rate").is_null()).height if used else block.height
-            if unrated:
-                raise RuntimeError(f"pass_rate: {unrated} samples have no rollouts in {cache.root}")
+        for rates in cache.merged(keys, used, MERGE_ROWS):
             rate_sink.write(rates)
-            rollout_sink.write(block.join(cache.lookup(used, block, "rollouts"), on=KEY, how="inner",
-                                          maintain_order="left"))
+            rollouts = rates.select("id", KEY).join(cache.lookup(used, rates, "rollouts"), on=KEY, how="inner",
+                                                     maintain_order="left")
+            rollout_sink.write(rollouts)
+            generated += rollouts["response_tokens"].sum()
         path, rollouts = rate_sink.commit(), rollout_sink.commit()
     cache.touch(used)
-    generated = pl.scan_parquet(rollouts).select(pl.col("response_tokens").sum()).collect().item() or 0
     n_rows, n_computed = _parquet_rows(keys), sum(_parquet_rows(Path(s.input_path)) for s in shards)
     extra = {"rollouts": str(rollouts), "n": pr.rollouts, "shards": len(shards), "rows_computed": n_computed,
              "rows_reused": n_rows - n_computed, "cache": str(cache.root),

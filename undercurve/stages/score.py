@@ -13,7 +13,7 @@ from pathlib import Path
 import polars as pl
 
 from undercurve.cache import KEY, ResultCache, content_keys, model_identity
-from undercurve.io import ParquetSink, Shard, iter_parquet, write_text_atomic
+from undercurve.io import ParquetSink, Shard, write_text_atomic
 from undercurve.run import RunContext
 from undercurve.schema import SET_ASIDE_SCHEMA
 from undercurve.stages.result import (
@@ -145,12 +145,7 @@ def score_merge(ctx: RunContext, prev: StageResult, shards: list[Shard], model: 
     sc, tokens = ctx.settings.scoring, 0
     with ParquetSink(d / "scores.parquet", SUMMARY_SCHEMA) as kept, \
             ParquetSink(d / "set_aside.parquet", SET_ASIDE_SCHEMA) as aside:
-        for block in iter_parquet(d / "keys.parquet", MERGE_ROWS):
-            rows = block.join(cache.lookup(used, block), on=KEY, how="left", maintain_order="left")
-            unscored = rows.filter(pl.col("eas").is_null() & ~flagged).height if used else block.height
-            if unscored:
-                raise RuntimeError(f"score: {unscored} samples have no score in {cache.root} "
-                                   "(a part was removed mid-run?)")
+        for rows in cache.merged(d / "keys.parquet", used, MERGE_ROWS):
             aside.write(rows.filter(flagged).select(
                 "id", "source", pl.lit("score").alias("stage"), pl.col(ASIDE_FLAG).alias("reason"), "detail"))
             scored = rows.filter(~flagged)
