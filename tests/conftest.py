@@ -41,6 +41,22 @@ def prefect_harness():
         yield
 
 
+@pytest.fixture
+def tokenised_ids(monkeypatch) -> list[str]:
+    """The ids of the rows the length cap tokenises, in order (a spy on ``textlen.token_lengths``,
+    which still counts): what a cached count saves."""
+    import undercurve.textlen as textlen
+
+    ids, real = [], textlen.token_lengths
+
+    def spy(tok, df, *a):
+        ids.extend(df["id"])
+        return real(tok, df, *a)
+
+    monkeypatch.setattr(textlen, "token_lengths", spy)
+    return ids
+
+
 def demo_overrides(workdir, **extra) -> dict:
     """The embedded demo config, made smaller for tests."""
     base = {

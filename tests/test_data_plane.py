@@ -206,7 +206,7 @@ def test_chat_token_counts_are_those_of_one_chat_at_a_time(tmp_path, tiny_model)
     assert textlen.token_lengths(tok, samples, batch=7) == want
 
 
-def test_length_cap_streams_its_input_in_batches(tmp_path, tiny_model, monkeypatch):
+def test_length_cap_streams_its_input_in_batches(tmp_path, tiny_model, tokenised_ids, monkeypatch):
     """Batches of 5 rows, counts looked up 10 rows at a time and written 4 at a time, the input
     never read whole, and the outputs of one pass over the whole table: the same kept rows with
     their token counts, in order; the same set-aside rows. A content repeated in a later block
@@ -232,10 +232,9 @@ def test_length_cap_streams_its_input_in_batches(tmp_path, tiny_model, monkeypat
     reg = Registry(settings.registry_path, create=True)
     ctx = RunContext(settings, reg.start_run("curate", "t", {}, "h"), str(settings.registry_path))
 
-    batches, counted = [], []
-    whole, count = textlen.over_cap, textlen.token_lengths
+    batches, whole = [], textlen.over_cap
     monkeypatch.setattr(textlen, "over_cap", lambda df, m: batches.append(df.height) or whole(df, m))
-    monkeypatch.setattr(textlen, "token_lengths", lambda tok, df, *a: counted.extend(df["id"]) or count(tok, df, *a))
+    tokenised_ids.clear()  # counted above for the reference
     monkeypatch.setattr(length_cap, "BATCH_ROWS", 5)
     monkeypatch.setattr(length_cap, "BLOCK_BATCHES", 2)
     monkeypatch.setattr(length_cap, "PART_ROWS", 4)
@@ -247,7 +246,7 @@ def test_length_cap_streams_its_input_in_batches(tmp_path, tiny_model, monkeypat
     n = samples.height
     assert batches == [5] * (n // 5) + ([n % 5] if n % 5 else [])
     firsts = samples.unique(["prompt", "response"], keep="first", maintain_order=True)["id"]
-    assert sorted(counted) == sorted(firsts) and len(firsts) < n  # repeats looked up, not counted again
+    assert sorted(tokenised_ids) == sorted(firsts) and len(firsts) < n  # repeats looked up, not counted again
     assert (res.rows_in, res.rows_out, res.set_aside) == (n, want_kept.height, want_aside.height)
     assert pl.read_parquet(res.path).equals(want_kept)
     out = ctx.run_dir / "length_cap"

@@ -115,7 +115,7 @@ def test_rollouts_are_reused_by_content(tmp_path, tiny_model, corpus, monkeypatc
     assert r2.join(r1, on="id", how="inner").height == 2
 
 
-def test_length_cap_counts_only_new_contents(tmp_path, tiny_model, corpus, monkeypatch):
+def test_length_cap_counts_only_new_contents(tmp_path, tiny_model, corpus, tokenised_ids, monkeypatch):
     """Token counts are cached by content: a reordered corpus with rows added, dropped and
     edited is tokenised only for its new contents, gives the counts and the cap a fresh count
     gives, and a night with nothing new never loads the tokenizer."""
@@ -123,12 +123,9 @@ def test_length_cap_counts_only_new_contents(tmp_path, tiny_model, corpus, monke
     import undercurve.textlen as textlen
     from undercurve.cache import prune
 
-    counted: list[str] = []
-    real = textlen.token_lengths
-    monkeypatch.setattr(textlen, "token_lengths", lambda tok, df, *a: counted.extend(df["id"]) or real(tok, df, *a))
     base = corpus.drop("chat_tokens")
     load_tokenizer = lc._tokenizer
-    cap = int(pl.Series(real(load_tokenizer(str(tiny_model)), base)).median())
+    cap = int(pl.Series(textlen.token_lengths(load_tokenizer(str(tiny_model)), base)).median())
 
     def night(name, samples, workdir="w"):
         path = tmp_path / f"{name}.parquet"
@@ -137,11 +134,11 @@ def test_length_cap_counts_only_new_contents(tmp_path, tiny_model, corpus, monke
                                                        "max_tokens": cap})
         reg = Registry(settings.registry_path, create=True)
         ctx = RunContext(settings, reg.start_run("curate", name, {}, "h"), str(settings.registry_path))
-        counted.clear()
+        tokenised_ids.clear()
         res = lc.length_cap_stage(ctx, StageResult("decontaminate", str(path), "p", samples.height, samples.height),
                                   str(tiny_model))
         aside = ctx.run_dir / "length_cap" / "set_aside.parquet"
-        return res, pl.read_parquet(res.path), pl.read_parquet(aside) if aside.exists() else None, list(counted)
+        return res, pl.read_parquet(res.path), pl.read_parquet(aside) if aside.exists() else None, list(tokenised_ids)
 
     first = base.head(6)
     _, kept1, _, n1 = night("night-1", first)
