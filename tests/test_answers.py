@@ -10,6 +10,30 @@ def test_last_boxed_takes_the_last_and_handles_nesting():
     assert text[start:end] == "\\frac{1}{2}" and text[end] == "}"
 
 
+def test_last_boxed_span_agrees_with_a_brace_counting_reference_on_random_text():
+    """Random text of braces, box openers and letters: the span is that of a plain scan from
+    the last opener, counting depth, to the brace that closes it (or None)."""
+    import random
+
+    def reference(text, openers):
+        at = max(((text.rfind(o), len(o)) for o in openers), default=(-1, 0))
+        if at[0] < 0:
+            return None
+        depth, start = 1, at[0] + at[1]
+        for j in range(start, len(text)):
+            depth += {"{": 1, "}": -1}.get(text[j], 0)
+            if depth == 0:
+                return (start, j)
+        return None
+
+    rnd = random.Random(3)
+    pieces = ["{", "}", "a", "1", " ", "\\boxed{", "\\fbox{", "\\frac{1}{2}"]
+    for _ in range(3000):
+        text = "".join(rnd.choices(pieces, k=rnd.randint(0, 14)))
+        for openers in (("\\boxed{",), ("\\boxed{", "\\fbox{")):
+            assert last_boxed_span(text, openers) == reference(text, openers), text
+
+
 def test_unbalanced_or_missing_box_is_none():
     assert last_boxed("\\boxed{1") is None
     assert last_boxed("no answer here") is None

@@ -28,6 +28,9 @@ def last_boxed_span(text: str, openers: tuple[str, ...] = DEFAULT_BOX_OPENERS) -
     if best < 0:
         return None
     start = best + opener_len
+    close = text.find("}", start)
+    if close >= 0 and text.find("{", start, close) < 0:
+        return (start, close)  # no nested brace: the first "}" closes it (most boxes)
     depth = 1
     for j in range(start, len(text)):
         c = text[j]

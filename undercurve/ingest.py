@@ -185,10 +185,11 @@ def _check_text(name: str, s: str) -> str:
         raise _Aside(f"field too long: {name}", f"{name} has {len(s)} characters (limit {MAX_FIELD_CHARS})")
     if "\x00" in s:
         raise _Aside("NUL byte in text", f"{name} contains U+0000 at {s.index(chr(0))}")
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise _Aside("invalid Unicode (lone surrogate)", f"{name}: {s[exc.start]!r} at {exc.start}") from None
+    if not s.isascii():  # O(1); ASCII text holds no surrogate
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise _Aside("invalid Unicode (lone surrogate)", f"{name}: {s[exc.start]!r} at {exc.start}") from None
     return s
 
 
@@ -369,7 +370,7 @@ class _Row(NamedTuple):
     value: object = None  # the parsed record (when reason is None)
     reason: str | None = None  # set aside while reading
     note: str = ""
-    raw: str | None = None  # start of the raw text; None: render ``value``
+    raw: str | None = None  # the raw text (cut to DETAIL_CHARS when set aside); None: render ``value``
 
 
 def _safe(s: str) -> str:
@@ -450,9 +451,9 @@ def _utf16_or_32(head: bytes) -> bool:
 
 
 def _iter_jsonl(fh, label: str) -> Iterator[_Row]:
-    n = 0
+    n, readline, loads = 0, fh.readline, _DECODER.decode  # bound once: this loop runs per line
     while True:
-        raw = fh.readline(MAX_RECORD_CHARS + 1)
+        raw = readline(MAX_RECORD_CHARS + 1)
         if not raw:
             return
         n += 1
@@ -469,7 +470,7 @@ def _iter_jsonl(fh, label: str) -> Iterator[_Row]:
             continue
         if raw.startswith(_BOM):
             raw = raw[3:]
-        if not raw.strip():
+        if raw.isspace() or not raw:
             continue  # blank lines are not rows
         try:
             line = raw.decode("utf-8")
@@ -482,7 +483,7 @@ def _iter_jsonl(fh, label: str) -> Iterator[_Row]:
                        raw=line[:DETAIL_CHARS])
             continue
         try:
-            rec = json.loads(line)
+            rec = loads(line)
         except json.JSONDecodeError as exc:
             yield _Row(label, where, reason="malformed JSON", note=f"{exc.msg} at char {exc.pos}", raw=line[:DETAIL_CHARS])
             continue
@@ -492,7 +493,7 @@ def _iter_jsonl(fh, label: str) -> Iterator[_Row]:
         except ValueError as exc:  # int with too many digits
             yield _Row(label, where, reason="integer too long", note=str(exc)[:80], raw=line[:DETAIL_CHARS])
             continue
-        yield _Row(label, where, rec, raw=line[:DETAIL_CHARS])
+        yield _Row(label, where, rec, raw=line)  # cut only if set aside: most rows are kept
 
 
 _WS = re.compile(r"[ \t\n\r\ufeff]*")
@@ -602,7 +603,7 @@ class _JsonStream:
             if bad:  # bytes that are not UTF-8 (decoded with surrogateescape)
                 return _Row(self.label, where, reason="not UTF-8", note=f"byte {ord(bad.group()) - 0xDC00:#04x} "
                             f"at char {bad.start()}", raw=text[:DETAIL_CHARS]), False
-            return _Row(self.label, where, value, raw=text[:DETAIL_CHARS]), False
+            return _Row(self.label, where, value, raw=text), False
 
     def rest(self, where: str, reason: str, note: str) -> _Row:
         """Everything from ``pos`` on, as one set-aside row (no resync possible)."""
@@ -805,29 +806,29 @@ def _iter_source(source: str, split: str) -> Iterator[_Row]:
 # ---------------------------------------------------------------------------- writing
 class _BatchWriter:
     """Rows -> a Parquet file in batches (an ``io.ParquetSink``), under a temporary name until
-    ``commit``."""
+    ``commit``. Rows are kept as they come and turned into columns once per batch (a per-row
+    loop over the columns cost as much as parsing the JSON). ``sized``: the columns whose
+    length bounds a batch's memory (``BATCH_CHARS``)."""
 
-    def __init__(self, path: str | Path, schema: dict):
+    def __init__(self, path: str | Path, schema: dict, sized: tuple[str, ...]):
         self.names = list(schema)
         self.sink = ParquetSink(path, pa.schema([(c, pa.large_string()) for c in self.names]))
-        self.cols: dict[str, list] = {c: [] for c in self.names}
-        self.n = self.chars = 0
+        self.sized = sized
+        self.rows: list[dict] = []
+        self.chars = 0
 
     def add(self, row: dict) -> None:
-        for c in self.names:
-            v = row.get(c)
-            self.cols[c].append(v)
-            if v is not None:
-                self.chars += len(v)
-        self.n += 1
-        if self.n >= BATCH_ROWS or self.chars >= BATCH_CHARS:
+        self.rows.append(row)
+        for c in self.sized:
+            self.chars += len(row[c] or "")
+        if len(self.rows) >= BATCH_ROWS or self.chars >= BATCH_CHARS:
             self.flush()
 
     def flush(self) -> None:
-        if self.n:
-            self.sink.write(pa.Table.from_pydict(self.cols, schema=self.sink.schema))
-            self.cols = {c: [] for c in self.names}
-            self.n = self.chars = 0
+        if self.rows:
+            cols = {c: [r.get(c) for r in self.rows] for c in self.names}
+            self.sink.write(pa.Table.from_pydict(cols, schema=self.sink.schema))
+            self.rows, self.chars = [], 0
 
     def commit(self) -> None:
         self.flush()
@@ -842,7 +843,7 @@ def _aside_row(row: _Row, rec, reason: str, note: str, label: str) -> dict:
     if isinstance(rec, dict):
         rid = rec.get("id") if rec.get("id") not in (None, "") else rec.get("uuid")
         rid = _safe(str(rid))[:DETAIL_CHARS] if isinstance(rid, (str, int)) and not isinstance(rid, bool) else None
-    raw = row.raw if row.raw is not None else _snippet(rec)
+    raw = row.raw[:DETAIL_CHARS] if row.raw is not None else _snippet(rec)
     detail = f"{row.where}: " + (f"{note}; " if note else "") + f"raw: {raw}"
     return {"id": rid, "source": label, "stage": STAGE, "reason": reason, "detail": _safe(detail)[:DETAIL_CHARS]}
 
@@ -859,16 +860,17 @@ def ingest_to(source: str, out_samples_path: str | Path, out_aside_path: str | P
     reasons: Counter = Counter()
     seen: set[str] = set()
     openers = tuple(box_openers)
-    samples = _BatchWriter(out_samples_path, SAMPLE_SCHEMA)
-    aside = _BatchWriter(out_aside_path, SET_ASIDE_SCHEMA)
+    samples = _BatchWriter(out_samples_path, SAMPLE_SCHEMA, sized=("prompt", "response"))
+    aside = _BatchWriter(out_aside_path, SET_ASIDE_SCHEMA, sized=("detail",))
     rows = _iter_source(source, split)
+    rows_in = kept = set_aside = 0  # locals in the loop: it runs once per row
     try:
         for row in rows:
-            if limit is not None and counts.rows_in >= limit:
+            if limit is not None and rows_in >= limit:
                 break
-            counts.rows_in += 1
-            if progress and counts.rows_in % PROGRESS_ROWS == 0:
-                progress(counts.rows_in, 0)  # a stream: its length is known at its end
+            rows_in += 1
+            if progress and rows_in % PROGRESS_ROWS == 0:
+                progress(rows_in, 0)  # a stream: its length is known at its end
             reason, note, rec = row.reason, row.note, row.value
             if reason is None:
                 try:
@@ -882,22 +884,23 @@ def ingest_to(source: str, out_samples_path: str | Path, out_aside_path: str | P
                     reason, note = "unexpected error", f"{type(exc).__name__}: {exc}"[:120]
             if reason is not None:
                 aside.add(_aside_row(row, rec, reason, note, row.label))
-                counts.set_aside += 1
                 reasons[reason] += 1
+                set_aside += 1
                 continue
             seen.add(sample["id"])
             samples.add(sample)
-            counts.kept += 1
+            kept += 1
         aside.commit()
         samples.commit()
         if progress:
-            progress(counts.rows_in, counts.rows_in)
+            progress(rows_in, rows_in)
     except BaseException:
         aside.abort()
         samples.abort()
         raise
     finally:
         rows.close()
+    counts.rows_in, counts.kept, counts.set_aside = rows_in, kept, set_aside
     counts.reasons = dict(reasons.most_common())
     log.info("ingest %s: %d rows in, %d kept, %d set aside%s", source, counts.rows_in, counts.kept,
              counts.set_aside, "".join(f"; {n} {r}" for r, n in reasons.most_common(5)))
