@@ -451,7 +451,7 @@ def _utf16_or_32(head: bytes) -> bool:
 
 
 def _iter_jsonl(fh, label: str) -> Iterator[_Row]:
-    n, readline, loads = 0, fh.readline, _DECODER.decode  # bound once: this loop runs per line
+    n, readline, loads = 0, fh.readline, json.loads  # bound once: this loop runs per line
     while True:
         raw = readline(MAX_RECORD_CHARS + 1)
         if not raw:
