@@ -73,35 +73,44 @@ def _warm(args: dict) -> None:
 
 
 # ---------------------------------------------------------------------------- inputs
-def generate(workdir: Path, args: dict) -> dict:
-    """corpus.jsonl (canonical prompt/response/answer records), benchmark.jsonl, the tiny model."""
+def write_corpus(workdir: Path, rows: int, bench_items: int):
+    """corpus.jsonl (canonical prompt/response/answer records) and benchmark.jsonl; returns the
+    corpus frame and the first 3,000 texts (prompt + response) the tiny model's tokenizer learns."""
     import random
 
     import polars as pl
 
     from bench_decontam import suite_items, synth
-    from undercurve.tiny_model import build_tiny_qwen2
 
-    n, rnd = args["rows"], random.Random(1)
-    bench = suite_items(args["bench_items"])
-    prompts = synth(n, seed=0)
-    answers = [rnd.randint(1, 10_000) for _ in range(n)]
+    rnd = random.Random(1)
+    bench = suite_items(bench_items)
+    prompts = synth(rows, seed=0)
+    answers = [rnd.randint(1, 10_000) for _ in range(rows)]
     responses = [f"<think>Work it out step by step: {p[:80]} ... so the total is {a}.</think> "
                  f"The answer is $\\boxed{{{a}}}$." for p, a in zip(prompts, answers)]
-    for i in range(0, n, 997):  # contaminated: a benchmark item verbatim
+    for i in range(0, rows, 997):  # contaminated: a benchmark item verbatim
         prompts[i] = bench[i % len(bench)]
-    for i in range(500, n, 1009):  # over the length cap
+    for i in range(500, rows, 1009):  # over the length cap
         responses[i] = "<think>" + "and then we add the next number " * 200 + f"</think> $\\boxed{{{answers[i]}}}$"
-    df = pl.DataFrame({"id": [f"r{i:08d}" for i in range(n)], "prompt": prompts, "response": responses,
+    df = pl.DataFrame({"id": [f"r{i:08d}" for i in range(rows)], "prompt": prompts, "response": responses,
                        "answer": [str(a) for a in answers]})
     df = df.with_columns(pl.when(pl.int_range(pl.len()) % 10_007 == 77).then(None).otherwise(pl.col("response"))
                          .alias("response"))  # a record without a response: set aside at ingest
     workdir.mkdir(parents=True, exist_ok=True)
     df.write_ndjson(workdir / "corpus.jsonl")
     pl.DataFrame({"id": [f"b{i}" for i in range(len(bench))], "problem": bench}).write_ndjson(workdir / "benchmark.jsonl")
-    model = build_tiny_qwen2(workdir / "models" / "tiny-qwen2", [p + " " + r for p, r in zip(prompts[:3000], responses[:3000])])
+    return df, [p + " " + r for p, r in zip(prompts[:3000], responses[:3000])]
+
+
+def generate(workdir: Path, args: dict) -> dict:
+    """corpus.jsonl, benchmark.jsonl (``write_corpus``) and the tiny model."""
+    from undercurve.tiny_model import build_tiny_qwen2
+
+    df, texts = write_corpus(workdir, args["rows"], args["bench_items"])
+    model = build_tiny_qwen2(workdir / "models" / "tiny-qwen2", texts)
     return {"corpus_bytes": (workdir / "corpus.jsonl").stat().st_size, "model": str(model),
-            "mean_prompt_chars": sum(map(len, prompts)) / n, "mean_response_chars": df["response"].str.len_chars().mean()}
+            "mean_prompt_chars": df["prompt"].str.len_chars().mean(),
+            "mean_response_chars": df["response"].str.len_chars().mean()}
 
 
 # ---------------------------------------------------------------------------- the real stages
