@@ -161,6 +161,25 @@ def test_latex_normaliser_ignores_markup_drift():
 # --- the stage ------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("normaliser", ["plain", "latex"])
+def test_tokenize_in_slices_gives_the_tokens_of_one_piece(normaliser, monkeypatch):
+    """Random text (markup, numbers, symbols the normalisers rewrite, nulls), cut into slices of
+    3 rows: every row's tokens, the order and the name are those of one expression over all."""
+    import random
+
+    import undercurve.decontam.suites as suites
+
+    monkeypatch.setattr(suites, "TOKENIZE_SLICE_MIN", 3)
+    rnd = random.Random(5)
+    pieces = ["abc", " ", "XYZ", "$", "\\frac{1}{2}", "1,234", "\u00d7", "\\le", "_", "-", "\\left(", "Ⅻ"]
+    for n in (0, 1, 2, 3, 4, 7, 50):
+        texts = [None if rnd.random() < 0.1 else "".join(rnd.choices(pieces, k=rnd.randint(0, 12))) for _ in range(n)]
+        series = pl.Series("prompt", texts, dtype=pl.Utf8)
+        whole = pl.select(suites.NORMALISERS[normaliser](pl.lit(series))).to_series()
+        got = tokenize(series, normaliser)
+        assert got.name == "prompt" and got.to_list() == whole.to_list()
+
+
 def test_verbatim_problems_caught_by_ngrams(result):
     _, _, removed, _ = result
     got = _by_id(removed)
