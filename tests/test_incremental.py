@@ -107,6 +107,7 @@ def test_rollouts_are_reused_by_content(tmp_path, tiny_model, corpus, monkeypatc
     assert r2["id"].to_list() == night2["id"].to_list() and ro2.height == 4 * 2
     assert ro2["id"].to_list() == [i for i in night2["id"] for _ in range(2)]  # the run's order, across blocks
     assert res2.extra["compute_seconds"] > 0
+    assert res2.extra["tokens"] == ro2["response_tokens"].sum() > 0  # every block's rollouts counted
     # the reused samples carry the first night's rollouts, text for text
     for i in (first["id"][0], first["id"][2]):
         cols = [c for c in ro1.columns if c != "id"]
