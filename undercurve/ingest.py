@@ -856,7 +856,6 @@ def ingest_to(source: str, out_samples_path: str | Path, out_aside_path: str | P
     """Stream ``source`` into ``out_samples_path`` (SAMPLE_SCHEMA) and ``out_aside_path``
     (SET_ASIDE_SCHEMA), both always written, atomically. ``limit`` caps the rows read.
     Raises FileNotFoundError / SourceError for a source that cannot be read at all."""
-    counts = IngestCounts()
     reasons: Counter = Counter()
     seen: set[str] = set()
     openers = tuple(box_openers)
@@ -900,8 +899,7 @@ def ingest_to(source: str, out_samples_path: str | Path, out_aside_path: str | P
         raise
     finally:
         rows.close()
-    counts.rows_in, counts.kept, counts.set_aside = rows_in, kept, set_aside
-    counts.reasons = dict(reasons.most_common())
+    counts = IngestCounts(rows_in, kept, set_aside, dict(reasons.most_common()))
     log.info("ingest %s: %d rows in, %d kept, %d set aside%s", source, counts.rows_in, counts.kept,
              counts.set_aside, "".join(f"; {n} {r}" for r, n in reasons.most_common(5)))
     return counts
